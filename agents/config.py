@@ -1,0 +1,27 @@
+"""Agent settings (the ``agent`` section of the settings file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from agents.types import Method, Mode
+
+
+class AgentConfig(BaseModel):
+    method: Method = "proreason"
+    mode: Mode = "assisted"
+    max_rounds: int = Field(8, ge=1, le=32)
+    #: default max new tokens per model call
+    max_tokens: int = Field(512, ge=1)
+    temperature: float | None = None
+    parallel_perception: bool = False
+    #: most visual sub-questions one dispatcher decision may ask in parallel-perception mode
+    max_parallel_questions: int = Field(3, ge=1, le=8)
+    #: ask the backend for JSON-schema constrained decisions where it supports them
+    structured_decisions: bool = True
+    #: prompt budget when the model does not report its context length (tokens)
+    default_context_length: int = 8192
+    #: folder with the prompt templates (YAML); None: the bundled configs/prompts
+    prompts_dir: Path | None = None

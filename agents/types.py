@@ -1,0 +1,90 @@
+"""Typed inputs and outputs of a reasoning run (no HTTP, no wire formats)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from models.base import ModelBackend
+from models.types import ImageInput, Message, Usage
+
+Method = Literal["proreason", "direct", "cot", "ccot", "caption"]
+Mode = Literal["pure", "assisted"]
+AnswerFormat = Literal["open", "multiple_choice"]
+StopReason = Literal[
+    "solved",  # the referee judged the memory sufficient; the summarizer answered
+    "max_rounds_fallback",  # no verdict within max_rounds: the LVLM answered directly
+    "no_image_direct",  # no image: the text model answered directly
+    "baseline",  # a one-shot baseline method answered (direct, cot, ccot, caption)
+]
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    images: tuple[ImageInput, ...] = ()
+    #: earlier chat turns (text only is enough; images in them are kept too), oldest first
+    history: tuple[Message, ...] = ()
+    answer_format: AnswerFormat = "open"
+    #: the choices for multiple_choice questions (shown to the summarizer only)
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    method: Method = "proreason"
+    mode: Mode = "assisted"
+    max_rounds: int = 8
+    #: opt-in: the dispatcher may ask several visual sub-questions in one round (run concurrently)
+    parallel_perception: bool = False
+    max_tokens: int | None = None  # per model call; None: the agent config's default
+    temperature: float | None = None  # None: the model's default (the reference passes none)
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The models a run may use. ``text`` is None in pure mode deployments."""
+
+    vision: ModelBackend
+    text: ModelBackend | None = None
+
+    def for_text_roles(self, mode: Mode) -> ModelBackend:
+        if mode == "assisted" and self.text is not None:
+            return self.text
+        return self.vision
+
+
+@dataclass
+class Step:
+    """One model call of a run, recorded as it happens."""
+
+    index: int
+    round: int  # 0 for calls outside the loop (baselines, direct answers)
+    role: str  # dispatcher | vision | insight | referee | summarizer | fallback | direct | ...
+    model: str
+    backend: str
+    sub_question: str | None = None
+    output: str = ""  # the model's raw text
+    memory_entry: str | None = None  # what this step added to memory, if anything
+    decision: dict[str, Any] | None = None  # parsed dispatcher / referee decision
+    parse_error: str | None = None  # the model's output could not be used (round spent)
+    error: str | None = None  # the model call failed (round spent)
+    usage: Usage = field(default_factory=Usage)
+    latency_s: float = 0.0
+    started_at: float = 0.0  # seconds since the run started
+
+
+@dataclass
+class RunResult:
+    answer: str
+    method: Method
+    mode: Mode
+    stop_reason: StopReason
+    rounds: int
+    steps: list[Step]
+    usage_by_role: dict[str, Usage]
+    usage: Usage
+    latency_s: float
+    parse_failures: int = 0
+    #: memory truncation events, model call errors ... (human-readable)
+    notes: list[str] = field(default_factory=list)

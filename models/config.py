@@ -1,0 +1,42 @@
+"""Configuration of one model backend (a section of the settings file)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+
+class BackendConfig(BaseModel):
+    """Which model, served how. One of these per role group (``vision`` and ``text``)."""
+
+    backend: Literal["openai", "transformers", "vllm"] = "transformers"
+    #: hub id or local folder (transformers, vllm); served model name (openai)
+    model: str
+    #: maximum prompt + completion tokens; None: ask the backend / model config
+    context_length: int | None = None
+
+    # --- openai (any OpenAI-compatible server, vLLM first) ---
+    base_url: str = "http://localhost:8000/v1"
+    api_key: SecretStr | None = None
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 300.0
+    max_retries: int = 3
+    retry_backoff_s: float = 0.5
+    #: concurrent requests to this upstream; set near vLLM's --max-num-seqs
+    max_concurrency: int = 64
+    #: send response_format=json_schema when the agents ask for structured output
+    structured_output: bool = True
+
+    # --- transformers (in-process) ---
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    dtype: str = "auto"  # "auto", "float32", "bfloat16", "float16"
+    max_batch_size: int = Field(8, ge=1)
+    max_wait_ms: float = Field(10.0, ge=0)
+    #: cache per-image preprocessing (pixel values) keyed by image hash; entries
+    image_cache_size: int = Field(64, ge=0)
+    #: let transformers download from the hub; False: local files / cache only
+    allow_download: bool = True
+
+    # --- vllm (in-process AsyncLLM) ---
+    engine_args: dict[str, object] = Field(default_factory=dict)
