@@ -41,6 +41,13 @@ class ModelBackend(ABC):
         result = await self.generate(request)
         yield StreamDelta(text=result.text, finish_reason=result.finish_reason, usage=result.usage)
 
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load weights / open clients before the first request (called once by the owner).
+
+        Raises ``models.errors.ModelLoadError`` with one clear line when the model cannot be had.
+        Backends that load lazily may leave this as a no-op.
+        """
+
     async def health(self) -> bool:
         """True when the backend can serve (model loaded / upstream reachable)."""
         return True
