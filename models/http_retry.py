@@ -1,0 +1,97 @@
+"""Retry policy for HTTP model upstreams (what is retried, how long to wait) and error-body parsing.
+
+Retried: connection errors, 429 and 5xx. Never retried: any other 4xx (the request itself is wrong)
+and read timeouts (the model is slow; sending the same work again doubles the load).
+The wait is exponential with jitter, unless the upstream says how long with ``Retry-After``
+(seconds or an HTTP date) or ``retry-after-ms``, which is honoured up to ``MAX_RETRY_AFTER_S``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+#: longest wait we accept from a Retry-After header (an upstream asking for more is capped)
+MAX_RETRY_AFTER_S = 30.0
+#: longest exponential backoff step
+MAX_BACKOFF_S = 8.0
+
+
+def is_retryable_status(status_code: int) -> bool:
+    return status_code == 429 or 500 <= status_code <= 599
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (seconds or HTTP date), or None."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            value = float(raw_ms) / 1000.0
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        value = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, value)
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def backoff_delay(
+    attempt: int, base_s: float, retry_after_s: float | None = None, *, jitter: bool = True
+) -> float:
+    """Wait before retry number ``attempt`` (0 = first retry).
+
+    ``Retry-After`` wins when given (capped at ``MAX_RETRY_AFTER_S``); otherwise
+    ``base_s * 2**attempt`` capped at ``MAX_BACKOFF_S`` (or ``base_s`` if larger), minus up to 25%
+    jitter so clients that failed together do not retry together.
+    """
+    if retry_after_s is not None:
+        return min(retry_after_s, MAX_RETRY_AFTER_S)
+    delay = min(base_s * (2**attempt), max(MAX_BACKOFF_S, base_s))
+    if jitter:
+        delay *= 1.0 - 0.25 * random.random()
+    return max(0.0, delay)
+
+
+def error_message(body: bytes | str, status_code: int) -> str:
+    """The upstream's error message from an OpenAI / vLLM error body, else a short raw excerpt.
+
+    Accepts ``{"error": {"message": ..., "code": 400 | "string" | null}}`` (OpenAI, recent vLLM),
+    ``{"error": "Unauthorized"}`` (vLLM ``--api-key``), ``{"message": ..., "code": ...}`` (older
+    vLLM) and ``{"detail": ...}`` (FastAPI).
+    """
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        data = None
+    message: Any = None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict):
+            message = err.get("message")
+        elif isinstance(err, str):
+            message = err
+        if message is None:
+            message = data.get("message") or data.get("detail")
+    if message is None:
+        message = text.strip()[:300] or f"HTTP {status_code}"
+    if not isinstance(message, str):
+        message = json.dumps(message)[:300]
+    return message
