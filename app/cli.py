@@ -173,6 +173,53 @@ async def _ask(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- other commands
 
 
+async def _eval(args: argparse.Namespace) -> int:
+    from agents import Reasoner, RunOptions
+    from app.media import MediaLoader
+    from app.runtime import close_models, open_models
+    from evals.datasets import load_dataset
+    from evals.runner import evaluate, format_reports, write_outputs
+
+    settings = _load_settings(args)
+    items = load_dataset(args.dataset, split=args.split, limit=args.limit, seed=args.seed)
+    if not items:
+        raise CLIError(f"dataset {args.dataset!r} has no items")
+    models = await open_models(settings.models)
+    loader = MediaLoader(settings.media)
+    reports, records = [], {}
+    try:
+        reasoner = Reasoner(models, settings.agent)
+        for method in args.method or [settings.agent.method]:
+            options = RunOptions(
+                method=method,
+                mode=args.mode or settings.agent.mode,
+                max_rounds=args.max_rounds or settings.agent.max_rounds,
+                parallel_perception=args.parallel,
+            )
+            report, records[method] = await evaluate(
+                reasoner, items, options, loader, concurrency=args.concurrency
+            )
+            reports.append(report)
+            print(format_reports([report]).splitlines()[-1], file=sys.stderr, flush=True)
+    finally:
+        await loader.aclose()
+        await close_models(models)
+    print(format_reports(reports))
+    if args.out:
+        meta = {
+            "dataset": args.dataset,
+            "split": args.split,
+            "limit": args.limit,
+            "seed": args.seed,
+            "profile": settings.profile,
+            "vision_model": settings.models.vision.model,
+            "text_model": settings.models.text.model if settings.models.text else None,
+        }
+        await asyncio.to_thread(write_outputs, Path(args.out), reports, records, meta)
+        print(f"report.json and predictions written to {args.out}", file=sys.stderr)
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from app.main import run_server
 
@@ -263,6 +310,29 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print the whole result as JSON")
     ask.add_argument("--quiet", "-q", action="store_true", help="print only the answer")
     ask.set_defaults(func=lambda a: asyncio.run(_ask(a)))
+
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate methods on a dataset (easy-vqa offline, or a JSONL file): accuracy with "
+        "stop reasons, fallback rate, parse failures, calls and tokens per question",
+    )
+    with_profile(ev)
+    ev.add_argument("--dataset", default="easy-vqa", help="'easy-vqa' or a JSONL file")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--limit", type=int, default=100, help="seeded random sample size")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--method",
+        action="append",
+        choices=["proreason", "direct", "cot", "ccot", "caption"],
+        help="repeat to compare methods side by side (default: the profile's)",
+    )
+    ev.add_argument("--mode", choices=["pure", "assisted"])
+    ev.add_argument("--max-rounds", type=int, metavar="N")
+    ev.add_argument("--parallel", action="store_true", help="parallel perception (opt-in)")
+    ev.add_argument("--concurrency", type=int, default=8, help="questions in flight")
+    ev.add_argument("--out", help="folder for predictions-<method>.jsonl and report.json")
+    ev.set_defaults(func=lambda a: asyncio.run(_eval(a)))
 
     serve = sub.add_parser("serve", help="run the HTTP service (OpenAI-compatible + /v1/reason)")
     with_profile(serve)

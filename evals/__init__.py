@@ -1,0 +1,1 @@
+"""Evaluation: run methods over a dataset and report accuracy with the stop reasons behind it."""
