@@ -72,6 +72,8 @@ class Step:
     usage: Usage = field(default_factory=Usage)
     latency_s: float = 0.0
     started_at: float = 0.0  # seconds since the run started
+    #: True when this call ran concurrently with other calls of its round (parallel perception)
+    parallel: bool = False
 
 
 @dataclass
@@ -88,3 +90,6 @@ class RunResult:
     parse_failures: int = 0
     #: memory truncation events, model call errors ... (human-readable)
     notes: list[str] = field(default_factory=list)
+    #: False when a multiple-choice answer could not be matched to an option (``answer`` is then
+    #: the model's raw answer, never a guessed option)
+    answer_extracted: bool = True

@@ -1,0 +1,184 @@
+"""Prompt templates as data: ``configs/prompts/*.yaml``, loaded and checked once at start-up.
+
+Every YAML file in the folder is a mapping ``name -> {system?: str, user: str}``; the files are
+merged (a name defined twice is an error). ``user`` is a :meth:`str.format` template; ``system`` is
+plain text. :data:`PROMPT_FIELDS` declares, per prompt, the placeholders it must use and the ones it
+may use. Loading fails with :class:`PromptError` when a prompt is missing, unknown, uses an
+undeclared placeholder, or lacks a required one, so a bad template stops the service at start-up
+instead of failing a request later.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+_PROJECT_PROMPTS = Path(__file__).resolve().parent.parent / "configs" / "prompts"
+
+_ANSWERING = (frozenset({"question", "answer_format"}), frozenset({"history"}))
+
+#: prompt name -> (placeholders it must use, placeholders it may also use)
+PROMPT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    # the ProReason loop
+    "dispatcher": (frozenset({"question", "memory"}), frozenset({"history", "last_expert"})),
+    "dispatcher_parallel": (
+        frozenset({"question", "memory", "max_questions"}),
+        frozenset({"history", "last_expert"}),
+    ),
+    # the vision expert sees the sub-question and nothing else (no question, memory or format)
+    "vision": (frozenset({"sub_question"}), frozenset()),
+    "insight": (frozenset({"memory", "sub_question"}), frozenset({"history"})),
+    "referee": (frozenset({"question", "memory"}), frozenset({"history"})),
+    "summarizer": (frozenset({"question", "memory", "answer_format"}), frozenset({"history"})),
+    "fallback": _ANSWERING,
+    "no_image": _ANSWERING,
+    # baselines
+    "direct": _ANSWERING,
+    "cot": _ANSWERING,
+    "ccot_graph": (frozenset({"question"}), frozenset()),
+    "ccot_answer": (
+        frozenset({"question", "scene_graph", "answer_format"}),
+        frozenset({"history"}),
+    ),
+    "caption": (frozenset(), frozenset()),
+    "caption_answer": (
+        frozenset({"question", "caption", "answer_format"}),
+        frozenset({"history"}),
+    ),
+    # answer formats and blocks
+    "answer_direct_open": (frozenset(), frozenset()),
+    "answer_direct_choice": (frozenset(), frozenset()),
+    "answer_summary_open": (frozenset(), frozenset()),
+    "answer_summary_choice": (frozenset(), frozenset()),
+    "answer_step_open": (frozenset(), frozenset()),
+    "answer_step_choice": (frozenset(), frozenset()),
+    "options": (frozenset({"options"}), frozenset()),
+    "history": (frozenset({"turns"}), frozenset()),
+    "memory_empty": (frozenset(), frozenset()),
+    "memory_vision": (frozenset({"n", "content"}), frozenset({"sub_question"})),
+    "memory_insight": (frozenset({"n", "content"}), frozenset({"sub_question"})),
+    "memory_referee": (frozenset({"n", "content"}), frozenset({"sub_question"})),
+    "omitted_notes": (frozenset({"count"}), frozenset()),
+    "omitted_turns": (frozenset({"count"}), frozenset()),
+}
+
+
+class PromptError(ValueError):
+    """The prompt templates are missing or malformed (a start-up configuration error)."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    name: str
+    user: str
+    system: str | None = None
+    #: the placeholders the user template uses
+    fields: frozenset[str] = frozenset()
+
+    def render(self, **fields: Any) -> str:
+        """Fill the user template. Extra fields are ignored; every used field must be given."""
+        return self.user.format(**fields)
+
+
+def default_prompts_dir() -> Path:
+    """The bundled templates: ``./configs/prompts`` if present, else the project's own."""
+    cwd = Path.cwd() / "configs" / "prompts"
+    if cwd.is_dir() and any(cwd.glob("*.yaml")):
+        return cwd
+    return _PROJECT_PROMPTS
+
+
+def _fields(name: str, template: str) -> set[str]:
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:  # unbalanced braces
+        raise PromptError(f"prompt {name!r}: bad template: {exc}") from exc
+    used: set[str] = set()
+    for _, field_name, format_spec, conversion in parsed:
+        if field_name is None:
+            continue
+        if not field_name.isidentifier() or format_spec or conversion:
+            raise PromptError(
+                f"prompt {name!r}: placeholder {{{field_name}}} must be a plain name "
+                "(double literal braces: {{ }})"
+            )
+        used.add(field_name)
+    return used
+
+
+def _check(name: str, entry: Any, source: Path) -> Prompt:
+    if not isinstance(entry, dict) or not isinstance(entry.get("user"), str):
+        raise PromptError(f"prompt {name!r} in {source}: needs a 'user' template string")
+    unknown_keys = set(entry) - {"user", "system"}
+    if unknown_keys:
+        raise PromptError(f"prompt {name!r} in {source}: unknown keys {sorted(unknown_keys)}")
+    system = entry.get("system")
+    if system is not None and not isinstance(system, str):
+        raise PromptError(f"prompt {name!r} in {source}: 'system' must be a string")
+    required, optional = PROMPT_FIELDS[name]
+    used = _fields(name, entry["user"])
+    undeclared = used - required - optional
+    if undeclared:
+        raise PromptError(
+            f"prompt {name!r} in {source}: unknown placeholder(s) "
+            f"{sorted(undeclared)}; allowed: {sorted(required | optional)}"
+        )
+    missing = required - used
+    if missing:
+        raise PromptError(f"prompt {name!r} in {source}: missing placeholder(s) {sorted(missing)}")
+    return Prompt(
+        name=name,
+        user=entry["user"],
+        system=system.strip() if system else None,
+        fields=frozenset(used),
+    )
+
+
+class PromptSet:
+    """All templates, validated. Look one up with ``prompts["dispatcher"]``."""
+
+    def __init__(self, prompts: dict[str, Prompt], source: Path) -> None:
+        self._prompts = prompts
+        self.source = source
+
+    def __getitem__(self, name: str) -> Prompt:
+        return self._prompts[name]
+
+    def text(self, name: str, **fields: Any) -> str:
+        return self._prompts[name].render(**fields)
+
+    @classmethod
+    def load(cls, folder: Path | None = None) -> PromptSet:
+        folder = Path(folder).expanduser() if folder is not None else default_prompts_dir()
+        files = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+        if not files:
+            raise PromptError(f"no prompt templates (*.yaml) in {folder}")
+        raw: dict[str, tuple[Any, Path]] = {}
+        for path in files:
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as exc:
+                raise PromptError(f"{path}: not valid YAML: {exc}") from exc
+            if not isinstance(data, dict):
+                raise PromptError(f"{path}: expected a mapping of prompt names")
+            for name, entry in data.items():
+                if name in raw:
+                    raise PromptError(f"prompt {name!r} defined twice ({raw[name][1]}, {path})")
+                if name not in PROMPT_FIELDS:
+                    raise PromptError(
+                        f"unknown prompt {name!r} in {path}; known: {sorted(PROMPT_FIELDS)}"
+                    )
+                raw[name] = (entry, path)
+        missing = sorted(set(PROMPT_FIELDS) - set(raw))
+        if missing:
+            raise PromptError(f"prompt(s) missing from {folder}: {missing}")
+        prompts = {name: _check(name, entry, path) for name, (entry, path) in raw.items()}
+        logger.debug("loaded %d prompts from %s", len(prompts), folder)
+        return cls(prompts, folder)

@@ -1,0 +1,282 @@
+"""The ProReason loop, faithful to the reference control flow (see docs/proreason.md).
+
+::
+
+    no image            -> the text model answers directly            (stop_reason no_image_direct)
+    repeat max_rounds:
+        Dispatcher(question, memory, last expert) -> {"expert": ..., "question": ...}
+            unreadable / unknown expert / failed call: the round is spent
+        Vision expert(images, sub-question only)   -> whole answer to memory
+        | Insight expert(memory, sub-question)      -> its final-answer line to memory
+            failed call / empty output: the round is spent
+        Referee(question, memory) -> {"solvable": bool, "reasoning": ...}
+            unreadable / failed call: the round is spent
+            solvable: reasoning to memory; Summarizer(question, memory) answers (stop_reason solved)
+    the LVLM answers the question directly                     (stop_reason max_rounds_fallback)
+
+Cost: 4 calls when solved in round 1, 3 more per extra round, 25 at most with 8 rounds.
+A ModelError from the summarizer or the fallback (the final answer) fails the run.
+
+Parallel perception (opt-in): the dispatcher may ask up to ``max_parallel_questions`` visual
+sub-questions in one decision; they run concurrently (one batch for the backend), each answer is a
+memory entry, their steps carry ``parallel=True``, and the referee runs once after the round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from agents.parsing import ParseError, answer_line, clean_answer, parse_dispatch, parse_verdict
+from agents.run import RunContext
+from agents.types import Step
+from models.types import Message
+
+_EXPERTS = ["vision", "insight"]
+
+DISPATCH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "expert": {"type": "string", "enum": _EXPERTS},
+        "question": {"type": "string"},
+    },
+    "required": ["expert", "question"],
+    "additionalProperties": False,
+}
+
+VERDICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"solvable": {"type": "boolean"}, "reasoning": {"type": "string"}},
+    "required": ["solvable", "reasoning"],
+    "additionalProperties": False,
+}
+
+
+def parallel_dispatch_schema(max_questions: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "expert": {"type": "string", "enum": _EXPERTS},
+            "question": {"type": "string"},
+            "questions": {
+                "type": "array",
+                "items": {"type": "string"},
+                "minItems": 1,
+                "maxItems": max_questions,
+            },
+        },
+        "required": ["expert"],
+        "additionalProperties": False,
+    }
+
+
+async def answer_without_image(ctx: RunContext) -> AsyncIterator[Step]:
+    """No image: the text model answers the question in one call."""
+    step = await ctx.call(
+        "direct",
+        ctx.text,
+        ctx.messages(
+            "no_image",
+            ctx.text,
+            question=ctx.question.text,
+            answer_format=ctx.answer_format("direct"),
+        ),
+    )
+    yield step
+    ctx.raise_if_failed(step)
+    ctx.finish(step, "no_image_direct")
+
+
+async def run_proreason(ctx: RunContext) -> AsyncIterator[Step]:
+    """Yield every Step as its call completes; the answer and stop reason end up on ``ctx``."""
+    if not ctx.question.images:
+        async for step in answer_without_image(ctx):
+            yield step
+        return
+    last_expert = "none"
+    for rnd in range(1, ctx.options.max_rounds + 1):
+        ctx.rounds = rnd
+        step = await _dispatch(ctx, rnd, last_expert)
+        yield step
+        if step.error:
+            continue
+        try:
+            decision = parse_dispatch(
+                step.output,
+                parallel=ctx.options.parallel_perception,
+                max_questions=ctx.config.max_parallel_questions,
+            )
+        except ParseError as exc:
+            ctx.parse_failed(step, str(exc))
+            continue
+        step.decision = decision.as_dict()
+        if decision.dropped:
+            ctx.note(
+                f"round {rnd}: {decision.dropped} extra visual sub-question(s) dropped "
+                f"(max_parallel_questions={ctx.config.max_parallel_questions})"
+            )
+
+        added = 0
+        if decision.expert == "vision":
+            async for vstep in _perceive(ctx, rnd, decision.questions):
+                yield vstep
+                added += _remember(ctx, vstep, "vision", vstep.output)
+        else:
+            istep = await _insight(ctx, rnd, decision.question)
+            yield istep
+            if not istep.error:
+                added += _remember(ctx, istep, "insight", _insight_conclusion(ctx, istep))
+        if not added:
+            continue  # the expert call failed or said nothing: round spent
+        last_expert = decision.expert
+
+        rstep = await _referee(ctx, rnd)
+        yield rstep
+        if rstep.error:
+            continue
+        try:
+            verdict = parse_verdict(rstep.output)
+        except ParseError as exc:
+            ctx.parse_failed(rstep, str(exc))
+            continue
+        rstep.decision = verdict.as_dict()
+        if not verdict.solvable:
+            continue
+        if verdict.reasoning:
+            ctx.memory.add("referee", verdict.reasoning, round=rnd)
+            rstep.memory_entry = verdict.reasoning
+        sstep = await _summarize(ctx, rnd)
+        yield sstep
+        ctx.raise_if_failed(sstep)
+        ctx.finish(sstep, "solved")
+        return
+
+    fstep = await ctx.call(
+        "fallback",
+        ctx.vision,
+        ctx.messages(
+            "fallback",
+            ctx.vision,
+            images=ctx.question.images,
+            question=ctx.question.text,
+            answer_format=ctx.answer_format("direct"),
+        ),
+        round=ctx.rounds,
+    )
+    yield fstep
+    ctx.raise_if_failed(fstep)
+    ctx.finish(fstep, "max_rounds_fallback")
+
+
+def _remember(ctx: RunContext, step: Step, role: str, content: str) -> int:
+    """Add an expert's answer to memory; an empty or failed answer spends the round (returns 0)."""
+    if step.error:
+        return 0
+    if not content.strip():
+        ctx.parse_failed(step, "empty answer")
+        return 0
+    entry = ctx.memory.add(role, content, sub_question=step.sub_question, round=step.round)
+    step.memory_entry = entry.content
+    return 1
+
+
+def _insight_conclusion(ctx: RunContext, step: Step) -> str:
+    """Only the final-answer part of the insight expert's reply goes to memory."""
+    line = answer_line(step.output)
+    if line is not None:
+        return clean_answer(line)
+    lines = [ln.strip() for ln in step.output.strip().splitlines() if ln.strip()]
+    if lines:
+        ctx.note(f"round {step.round} insight: no final-answer line; kept its last line")
+    return lines[-1] if lines else ""
+
+
+async def _dispatch(ctx: RunContext, rnd: int, last_expert: str) -> Step:
+    parallel = ctx.options.parallel_perception
+    limit = ctx.config.max_parallel_questions
+    name = "dispatcher_parallel" if parallel else "dispatcher"
+    schema = parallel_dispatch_schema(limit) if parallel else DISPATCH_SCHEMA
+    return await ctx.call(
+        "dispatcher",
+        ctx.text,
+        ctx.messages(
+            name,
+            ctx.text,
+            round=rnd,
+            question=ctx.question.text,
+            last_expert=last_expert,
+            max_questions=limit,
+        ),
+        round=rnd,
+        json_schema=ctx.json_schema(ctx.text, schema),
+    )
+
+
+def _vision_messages(ctx: RunContext, sub_question: str) -> tuple[Message, ...]:
+    """The images and the sub-question, nothing else (no question, memory or answer format)."""
+    return ctx.messages("vision", ctx.vision, images=ctx.question.images, sub_question=sub_question)
+
+
+async def _perceive(ctx: RunContext, rnd: int, questions: tuple[str, ...]) -> AsyncIterator[Step]:
+    """One vision call, or several at once (parallel perception); steps yielded as they finish."""
+    if len(questions) == 1:
+        question = questions[0]
+        messages = _vision_messages(ctx, question)
+        yield await ctx.call("vision", ctx.vision, messages, round=rnd, sub_question=question)
+        return
+    steps = [
+        ctx.new_step("vision", ctx.vision, round=rnd, sub_question=q, parallel=True)
+        for q in questions
+    ]
+    tasks = {
+        asyncio.ensure_future(ctx.execute(s, ctx.vision, _vision_messages(ctx, q))): s
+        for s, q in zip(steps, questions, strict=True)
+    }
+    try:
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(done, key=lambda t: tasks[t].index):
+                yield task.result()  # re-raises a bug in our code; ModelErrors are on the step
+    finally:
+        unfinished = [t for t in tasks if not t.done()]
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.gather(*unfinished, return_exceptions=True)
+
+
+async def _insight(ctx: RunContext, rnd: int, sub_question: str) -> Step:
+    return await ctx.call(
+        "insight",
+        ctx.text,
+        ctx.messages("insight", ctx.text, round=rnd, sub_question=sub_question),
+        round=rnd,
+        sub_question=sub_question,
+    )
+
+
+async def _referee(ctx: RunContext, rnd: int) -> Step:
+    return await ctx.call(
+        "referee",
+        ctx.text,
+        ctx.messages("referee", ctx.text, round=rnd, question=ctx.question.text),
+        round=rnd,
+        json_schema=ctx.json_schema(ctx.text, VERDICT_SCHEMA),
+    )
+
+
+async def _summarize(ctx: RunContext, rnd: int) -> Step:
+    return await ctx.call(
+        "summarizer",
+        ctx.text,
+        ctx.messages(
+            "summarizer",
+            ctx.text,
+            round=rnd,
+            question=ctx.question.text,
+            answer_format=ctx.answer_format("summary"),
+        ),
+        round=rnd,
+    )

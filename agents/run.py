@@ -1,0 +1,286 @@
+"""The state of one run: prompt building within the context budget, model calls recorded as Steps.
+
+Every model call goes through :meth:`RunContext.call` (or :meth:`RunContext.execute`): it measures
+the call, records output and usage on a :class:`~agents.types.Step`, and turns a ``ModelError`` into
+``Step.error`` (the caller decides whether that spends a round or fails the run, see
+:meth:`RunContext.raise_if_failed`). ``asyncio.CancelledError`` and bugs are never caught.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from agents.config import AgentConfig
+from agents.memory import Fitted, Memory, clip_text, fit_lines
+from agents.parsing import extract_choice, final_answer, format_options, option_letter
+from agents.prompts import PromptSet
+from agents.types import ModelSet, Question, RunOptions, Step, StopReason
+from models.base import ModelBackend
+from models.errors import ModelError
+from models.types import GenerationRequest, ImageInput, Message, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+AnswerStyle = Literal["direct", "summary", "step"]
+
+#: tokens kept free for the chat template's own markup around the messages
+TEMPLATE_MARGIN = 32
+#: the share of the prompt budget the chat history may take
+HISTORY_SHARE = 4
+
+
+class RunContext:
+    """One question being answered: models, memory, the steps so far, notes and counters."""
+
+    def __init__(
+        self,
+        question: Question,
+        options: RunOptions,
+        models: ModelSet,
+        prompts: PromptSet,
+        config: AgentConfig,
+    ) -> None:
+        self.question = question
+        self.options = options
+        self.prompts = prompts
+        self.config = config
+        self.vision = models.vision
+        self.text = models.for_text_roles(options.mode)
+        self.memory = Memory()
+        self.steps: list[Step] = []
+        self.notes: list[str] = []
+        self.parse_failures = 0
+        self.rounds = 0
+        self.answer = ""
+        self.answer_extracted = True
+        self.stop_reason: StopReason | None = None
+        self.run_id = uuid.uuid4().hex[:12]
+        self.sampling = SamplingParams(
+            max_tokens=options.max_tokens or config.max_tokens, temperature=options.temperature
+        )
+        self._errors: dict[int, ModelError] = {}
+        self._history: dict[int, str] = {}
+        self._noted: set[str] = set()
+        self._t0 = time.perf_counter()
+
+    # ------------------------------------------------------------------------------- bookkeeping
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def note(self, message: str, *, key: str | None = None) -> None:
+        """Log ``message`` and add it to the run's notes once (per ``key`` when given)."""
+        logger.info("run %s: %s", self.run_id, message)
+        key = key or message
+        if key not in self._noted:
+            self._noted.add(key)
+            self.notes.append(message)
+
+    def parse_failed(self, step: Step, reason: str) -> None:
+        """The model's output was unusable: recorded on the step and counted (round spent)."""
+        step.parse_error = reason
+        self.parse_failures += 1
+        logger.info(
+            "run %s: %s output unusable in round %d: %s", self.run_id, step.role, step.round, reason
+        )
+
+    def raise_if_failed(self, step: Step) -> None:
+        """Re-raise the ModelError of a call whose failure must fail the run."""
+        error = self._errors.get(step.index)
+        if error is not None:
+            raise error
+
+    # --------------------------------------------------------------------------- prompt building
+
+    def context_length(self, backend: ModelBackend) -> int:
+        return backend.context_length or self.config.default_context_length
+
+    def _prompt_budget(self, backend: ModelBackend) -> int:
+        return self.context_length(backend) - self.sampling.max_tokens - TEMPLATE_MARGIN
+
+    def history_block(self, backend: ModelBackend) -> str:
+        """The "conversation so far" block (bounded to a share of the context), or ''."""
+        if not self.question.history:
+            return ""
+        key = id(backend)
+        if key not in self._history:
+            lines = []
+            for message in self.question.history:
+                text = " ".join(message.text_content.split())
+                if message.images:
+                    text = f"[{len(message.images)} image(s)] {text}".strip()
+                if text:
+                    lines.append(f"{message.role.capitalize()}: {text}")
+            budget = max(1, self._prompt_budget(backend) // HISTORY_SHARE)
+            fitted = fit_lines(
+                lines,
+                budget,
+                backend.count_tokens,
+                keep_first=False,
+                gap=lambda k: self.prompts.text("omitted_turns", count=k),
+            )
+            if fitted.truncated:
+                self.note(
+                    f"chat history truncated to fit {budget} tokens "
+                    f"({fitted.omitted} earlier turn(s) omitted)"
+                )
+            self._history[key] = (
+                self.prompts.text("history", turns=fitted.text) if fitted.text else ""
+            )
+        return self._history[key]
+
+    def answer_format(self, style: AnswerStyle) -> str:
+        """The answer instructions for the question's format (with the options, if any)."""
+        if self.question.answer_format == "multiple_choice":
+            options = self.prompts.text("options", options=format_options(self.question.options))
+            return options + "\n" + self.prompts.text(f"answer_{style}_choice").strip()
+        return self.prompts.text(f"answer_{style}_open").strip()
+
+    def messages(
+        self,
+        prompt_name: str,
+        backend: ModelBackend,
+        *,
+        images: Sequence[ImageInput] = (),
+        round: int = 0,
+        **fields: Any,
+    ) -> tuple[Message, ...]:
+        """System + user messages for ``prompt_name``, images first in the user turn.
+
+        Only the blocks the template uses are built: ``{history}`` (bounded chat history) and
+        ``{memory}`` (fitted to ``backend``'s context after the rest of the prompt).
+        """
+        prompt = self.prompts[prompt_name]
+        if "history" in prompt.fields:
+            fields["history"] = self.history_block(backend)
+        if "memory" in prompt.fields:
+            fields["memory"] = self._memory_text(prompt_name, backend, round, fields)
+        messages: list[Message] = []
+        if prompt.system:
+            messages.append(Message.text("system", prompt.system))
+        messages.append(Message.user(prompt.render(**fields).strip(), images))
+        return tuple(messages)
+
+    def _memory_text(
+        self, prompt_name: str, backend: ModelBackend, round: int, fields: dict[str, Any]
+    ) -> str:
+        prompt = self.prompts[prompt_name]
+        fixed = backend.count_tokens(prompt.render(**{**fields, "memory": ""}))
+        if prompt.system:
+            fixed += backend.count_tokens(prompt.system)
+        budget = self._prompt_budget(backend) - fixed
+        fitted: Fitted = self.memory.render(self.prompts, budget, backend.count_tokens)
+        if fitted.truncated:
+            detail = f"{fitted.omitted} earlier note(s) omitted" if fitted.omitted else ""
+            if fitted.clipped:
+                detail = ", ".join(d for d in (detail, "the newest note clipped") if d)
+            context = self.context_length(backend)
+            self.note(
+                f"{prompt_name}: memory truncated to fit the {context}-token context "
+                f"(first in round {round}: {detail})",
+                key=f"memory:{prompt_name}",
+            )
+        return fitted.text
+
+    def clip(self, text: str, backend: ModelBackend, share: int = 2) -> str:
+        """Clip a long intermediate text (a caption, a scene graph) to a share of the budget."""
+        budget = max(1, self._prompt_budget(backend) // share)
+        clipped = clip_text(text, budget, backend.count_tokens)
+        if clipped != text:
+            self.note(f"intermediate text clipped to {budget} tokens")
+        return clipped
+
+    def json_schema(self, backend: ModelBackend, schema: dict[str, Any]) -> dict[str, Any] | None:
+        if self.config.structured_decisions and backend.supports_json_schema:
+            return schema
+        return None
+
+    # ------------------------------------------------------------------------------- model calls
+
+    def new_step(
+        self,
+        role: str,
+        backend: ModelBackend,
+        *,
+        round: int = 0,
+        sub_question: str | None = None,
+        parallel: bool = False,
+    ) -> Step:
+        step = Step(
+            index=len(self.steps),
+            round=round,
+            role=role,
+            model=backend.model,
+            backend=backend.backend,
+            sub_question=sub_question,
+            parallel=parallel,
+        )
+        self.steps.append(step)
+        return step
+
+    async def execute(
+        self,
+        step: Step,
+        backend: ModelBackend,
+        messages: tuple[Message, ...],
+        json_schema: dict[str, Any] | None = None,
+    ) -> Step:
+        """Run one model call for ``step``. A ModelError is recorded on the step, not raised."""
+        request = GenerationRequest(
+            messages=messages,
+            sampling=self.sampling,
+            json_schema=json_schema,
+            request_id=f"{self.run_id}-{step.index}",
+        )
+        start = time.perf_counter()
+        step.started_at = start - self._t0
+        try:
+            result = await backend.generate(request)
+        except ModelError as exc:
+            step.error = f"{type(exc).__name__}: {exc.message}"
+            self._errors[step.index] = exc
+            self.note(f"round {step.round} {step.role}: model call failed ({step.error})")
+        else:
+            step.output = result.text
+            step.usage = result.usage
+            step.model = result.model or step.model
+            if result.finish_reason == "length":
+                self.note(f"round {step.round} {step.role}: output cut at max_tokens")
+        finally:
+            step.latency_s = time.perf_counter() - start
+        return step
+
+    async def call(
+        self,
+        role: str,
+        backend: ModelBackend,
+        messages: tuple[Message, ...],
+        *,
+        round: int = 0,
+        sub_question: str | None = None,
+        json_schema: dict[str, Any] | None = None,
+    ) -> Step:
+        step = self.new_step(role, backend, round=round, sub_question=sub_question)
+        return await self.execute(step, backend, messages, json_schema)
+
+    # ------------------------------------------------------------------------------ final answer
+
+    def finish(self, step: Step, stop_reason: StopReason) -> None:
+        """Take the run's answer from ``step`` (a final-answer call that succeeded)."""
+        self.stop_reason = stop_reason
+        if self.question.answer_format == "multiple_choice":
+            index = extract_choice(step.output, self.question.options)
+            if index is not None:
+                self.answer = option_letter(index)
+                return
+            self.answer = final_answer(step.output)
+            self.answer_extracted = False
+            self.note("multiple-choice answer not matched to any option; kept the raw answer")
+            return
+        self.answer = final_answer(step.output)
+        if not self.answer:
+            self.note(f"{step.role} returned an empty answer")
