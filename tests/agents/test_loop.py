@@ -8,7 +8,7 @@ import json
 import pytest
 
 from agents import Question, RunOptions, RunResult, Step
-from models.errors import ModelError, ModelUnavailable
+from models.errors import ModelError
 from models.types import ImageInput
 from tests.agents.conftest import FakeModel
 
