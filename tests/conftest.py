@@ -20,3 +20,14 @@ def shapes_png() -> Path:
 def shapes_image(shapes_png: Path) -> Image.Image:
     with Image.open(shapes_png) as img:
         return img.convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The offline tiny LVLM and text LM (``models.tiny``), built once per test session.
+
+    ``{"vision": folder, "text": folder}``; load them with the production backend code.
+    """
+    from models.tiny import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
