@@ -1,0 +1,182 @@
+"""Wire schemas of the OpenAI-compatible ``/v1/chat/completions`` (request, response, chunks).
+
+Unknown request fields are ignored (OpenAI clients send many); fields we cannot honour with a
+different meaning (``n > 1``, tools, non-text ``response_format``) are rejected by ``app.convert``.
+The ``proreason`` member is our extension (``extra_body={"proreason": {...}}`` in the SDK).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agents.types import AnswerFormat
+from app.schemas import StepOut, check_choices
+
+# --------------------------------------------------------------------------- request
+
+
+class ImageURL(BaseModel):
+    url: str = Field(description="http(s) or data: URL")
+    detail: str | None = Field(None, description="accepted and ignored")
+
+
+class TextContent(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageContent(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL | str
+
+
+ContentPart = Annotated[TextContent | ImageContent, Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ProReasonExtension(BaseModel):
+    """Request extension: ``{"proreason": {...}}`` in the body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trace: bool = Field(False, description="add a `proreason` member with the steps")
+    max_rounds: int | None = Field(None, ge=1, le=32)
+    answer_format: AnswerFormat = "open"
+    options: list[str] | None = Field(None, max_length=26)
+    timeout_s: float | None = Field(None, gt=0)
+    #: where streamed agent steps go: the delta field vLLM uses for reasoning text, the older
+    #: DeepSeek name, or nowhere
+    step_field: Literal["reasoning", "reasoning_content", "none"] = "reasoning"
+
+    @model_validator(mode="after")
+    def _check_options(self) -> ProReasonExtension:
+        check_choices(self.answer_format, self.options)
+        return self
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "proreason",
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "image_url", "image_url": {"url": "data:image/png;..."}},
+                                {"type": "text", "text": "What is left of the blue circle?"},
+                            ],
+                        }
+                    ],
+                    "max_tokens": 512,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                }
+            ]
+        },
+    )
+
+    model: str = Field(description="a pipeline listed by /v1/models")
+    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(None, ge=1, le=65_536, description="per model call")
+    max_completion_tokens: int | None = Field(None, ge=1, le=65_536)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1, description="accepted and ignored")
+    n: int | None = Field(None, ge=1, description="only 1 is supported")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    tools: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None
+    seed: int | None = None
+    user: str | None = None
+    proreason: ProReasonExtension | None = None
+
+
+# --------------------------------------------------------------------------- response
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+    #: image tokens included in prompt_tokens (extension; null: unknown)
+    image_tokens: int | None = None
+
+
+class ChatUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"] = "stop"
+    logprobs: None = None
+
+
+class ProReasonInfo(BaseModel):
+    """Response extension (when ``proreason.trace`` was asked for)."""
+
+    method: str
+    mode: str
+    stop_reason: str
+    rounds: int
+    parse_failures: int
+    answer_extracted: bool = True
+    steps: list[StepOut]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: ChatUsage
+    system_fingerprint: str | None = None
+    proreason: ProReasonInfo | None = None
+
+
+class ChunkDelta(BaseModel):
+    model_config = ConfigDict(extra="allow")  # `reasoning` / `reasoning_content` steps
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: ChatUsage | None = None
+    proreason: ProReasonInfo | None = None

@@ -1,0 +1,70 @@
+"""Typed dependencies: the only place routes reach the app's services and settings."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.metrics import Metrics
+from app.service import ReasoningService
+from app.settings import Settings
+from models.errors import ModelUnavailable, Unauthorized
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key from server.api_keys (only when keys are configured).",
+)
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_service(request: Request) -> ReasoningService:
+    service: ReasoningService | None = getattr(request.app.state, "service", None)
+    if service is None:  # only before the lifespan finished starting
+        raise ModelUnavailable("the service is starting; retry shortly")
+    return service
+
+
+def get_request_id(request: Request) -> str:
+    return request.state.request_id
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ServiceDep = Annotated[ReasoningService, Depends(get_service)]
+RequestId = Annotated[str, Depends(get_request_id)]
+
+
+def key_matches(token: str, keys: list[str]) -> bool:
+    """Constant-time comparison against every key (no early exit on the first match)."""
+    given = token.encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key.encode())
+    return matched
+
+
+async def require_api_key(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Bearer API keys when ``server.api_keys`` is set; open otherwise."""
+    keys = [k.get_secret_value() for k in settings.server.api_keys]
+    if not keys:
+        return
+    if credentials is None:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    if not key_matches(credentials.credentials, keys):
+        raise Unauthorized("invalid API key")
+
+
+Authorized = Depends(require_api_key)

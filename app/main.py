@@ -1,0 +1,103 @@
+"""The app factory and the server entry point.
+
+create_app(settings)                  production: the lifespan builds and starts the backends
+create_app(settings, models=...)      tests: bring your own ModelSet (you close it)
+run_server(settings)                  uvicorn on server.host:server.port with JSON logs
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from agents.types import ModelSet
+from app.errors import install_error_handlers
+from app.logs import configure_logging
+from app.media import MediaLoader
+from app.metrics import Metrics
+from app.middleware import EdgeMiddleware
+from app.routes import chat, ops, reason
+from app.runtime import close_models, open_models
+from app.service import ReasoningService
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+ProReason visual reasoning as a service: an LVLM perceives proactively (question-driven), a text
+LLM reasons over what it saw, until a referee judges the evidence sufficient.
+
+- `POST /v1/reason` (JSON) and `POST /v1/reason/upload` (multipart): the native API, with the
+  trace of every model call and server-sent events (`stream: true`).
+- `POST /v1/chat/completions`: OpenAI-compatible; `model` picks the pipeline (see `/v1/models`);
+  agent steps stream as `delta.reasoning`; `{"proreason": {"trace": true}}` adds the trace.
+- Errors use the OpenAI envelope `{"error": {"message", "type", "param", "code", "request_id"}}`.
+- Auth: `Authorization: Bearer <key>` when `server.api_keys` is set (`/health`, `/ready` stay open).
+"""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    models: ModelSet | None = None,
+    media_client: httpx.AsyncClient | None = None,
+) -> FastAPI:
+    """Build the app. Backends are built and started in the lifespan (once), unless ``models``
+    is given; then the caller owns them. ``media_client`` replaces the media loader's HTTP client.
+    """
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        model_set = models if models is not None else await open_models(settings.models)
+        media = MediaLoader(settings.media, client=media_client)
+        app.state.service = ReasoningService(
+            settings=settings, models=model_set, media=media, metrics=metrics
+        )
+        log.info("service ready", extra={"profile": settings.profile})
+        try:
+            yield
+        finally:
+            app.state.service = None
+            try:
+                await media.aclose()
+            finally:
+                if models is None:
+                    await close_models(model_set)
+
+    app = FastAPI(
+        title="ProReason",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.service = None
+    install_error_handlers(app)
+    app.add_middleware(
+        EdgeMiddleware, max_body_bytes=settings.server.max_body_bytes, metrics=metrics
+    )
+    app.include_router(reason.router)
+    app.include_router(chat.router)
+    app.include_router(ops.router)
+    return app
+
+
+def run_server(settings: Settings) -> None:
+    """Serve on ``server.host:server.port`` until interrupted (JSON logs on stderr)."""
+    configure_logging(settings.server.log_level)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )

@@ -1,0 +1,1 @@
+"""HTTP routes: parse, call a service, return (the work lives in ``app.serving``)."""

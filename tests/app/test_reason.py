@@ -1,0 +1,146 @@
+"""``/v1/reason`` in-process: JSON, SSE and multipart, on the scripted test double."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import ScriptedModel, parse_sse
+
+
+def test_reason_answers_with_trace_usage_and_timings(
+    client: TestClient, data_url: str, vision: ScriptedModel, text: ScriptedModel
+) -> None:
+    r = client.post(
+        "/v1/reason",
+        json={"question": "Where is the red square?", "images": [data_url], "trace": True},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["answer"] == "the red square is left of the blue circle"
+    assert body["stop_reason"] == "solved"
+    assert (body["method"], body["mode"], body["rounds"]) == ("proreason", "assisted", 1)
+    roles = [s["role"] for s in body["trace"]]
+    assert roles == ["dispatcher", "vision", "referee", "summarizer"]
+    # assisted mode: perception on the LVLM, the text roles on the text LLM
+    assert vision.roles() == ["vision"]
+    assert text.roles() == ["dispatcher", "referee", "summarizer"]
+    assert body["usage"]["image_tokens"] == 7
+    assert body["usage_by_role"]["vision"]["image_tokens"] == 7
+    total = sum(u["total_tokens"] for u in body["usage_by_role"].values())
+    assert body["usage"]["total_tokens"] == total
+    assert set(body["timings"]["by_role_s"]) == set(roles)
+    assert body["id"] == "reason-" + r.headers["x-request-id"]
+
+
+def test_reason_without_trace_omits_steps(client: TestClient, data_url: str) -> None:
+    r = client.post("/v1/reason", json={"question": "Where?", "images": [data_url]})
+    assert r.status_code == 200
+    assert "trace" not in r.json()
+
+
+def test_reason_options_reach_the_run(
+    client: TestClient, data_url: str, vision: ScriptedModel, text: ScriptedModel
+) -> None:
+    r = client.post(
+        "/v1/reason",
+        json={
+            "question": "Which shape is red?",
+            "images": [data_url],
+            "mode": "pure",
+            "answer_format": "multiple_choice",
+            "options": ["circle", "square"],
+            "max_tokens": 33,
+            "temperature": 0.5,
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["mode"] == "pure"
+    assert text.calls == []  # pure mode: the LVLM plays every role
+    sampling = [c.request.sampling for c in vision.calls]
+    assert {s.max_tokens for s in sampling} == {33}
+    assert {s.temperature for s in sampling} == {0.5}
+    summary = next(c for c in vision.calls if c.role == "summarizer")
+    prompt = "\n".join(m.text_content for m in summary.request.messages)
+    assert "circle" in prompt and "square" in prompt
+
+
+def test_reason_baseline_method(client: TestClient, data_url: str, vision: ScriptedModel) -> None:
+    r = client.post(
+        "/v1/reason", json={"question": "What?", "images": [data_url], "method": "direct"}
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["method"], body["stop_reason"], body["rounds"]) == ("direct", "baseline", 0)
+    assert vision.roles() == ["answer"]
+    assert len(vision.calls[0].request.images) == 1
+
+
+def test_reason_stream_sends_one_event_per_step_then_result_then_done(
+    client: TestClient, data_url: str
+) -> None:
+    r = client.post(
+        "/v1/reason",
+        json={"question": "Where is the square?", "images": [data_url], "stream": True},
+    )
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(r.text)
+    kinds = [e for e, _ in events]
+    assert kinds == ["dispatch", "vision", "verdict", "answer", "result", "done"]
+    dispatch = json.loads(events[0][1])
+    assert dispatch["role"] == "dispatcher" and dispatch["decision"]["expert"] == "vision"
+    result = json.loads(events[4][1])
+    assert result["answer"] == "the red square is left of the blue circle"
+    assert result["stop_reason"] == "solved"
+    assert events[5][1] == "[DONE]"
+
+
+def test_reason_stream_with_trace_puts_steps_in_the_result(
+    client: TestClient, data_url: str
+) -> None:
+    r = client.post(
+        "/v1/reason",
+        json={"question": "Where?", "images": [data_url], "stream": True, "trace": True},
+    )
+    events = dict(parse_sse(r.text))
+    assert len(json.loads(events["result"])["trace"]) == 4
+
+
+def test_reason_upload_multipart(
+    client: TestClient, png_bytes: bytes, data_url: str, vision: ScriptedModel
+) -> None:
+    r = client.post(
+        "/v1/reason/upload",
+        data={
+            "question": "Which shape is red?",
+            "answer_format": "multiple_choice",
+            "options": ["circle", "square"],
+            "images": [data_url],
+            "trace": "true",
+        },
+        files=[("files", ("shapes.png", png_bytes, "image/png"))],
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["stop_reason"] == "solved"
+    assert len(body["trace"]) == 4
+    # one URL image + one uploaded file reach the vision expert
+    assert len(vision.calls[0].request.images) == 2
+
+
+def test_reason_upload_stream(client: TestClient, png_bytes: bytes) -> None:
+    r = client.post(
+        "/v1/reason/upload",
+        data={"question": "Where?", "stream": "true"},
+        files=[("files", ("a.png", png_bytes, "image/png"))],
+    )
+    assert r.status_code == 200
+    assert [e for e, _ in parse_sse(r.text)][-2:] == ["result", "done"]
+
+
+def test_no_image_question_is_answered_directly(client: TestClient, text: ScriptedModel) -> None:
+    r = client.post("/v1/reason", json={"question": "What is 2 + 2?"})
+    assert r.status_code == 200
+    assert r.json()["stop_reason"] == "no_image_direct"
