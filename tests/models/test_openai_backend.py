@@ -248,6 +248,39 @@ async def test_stream_rejected_is_not_retried(
     assert len(openai_server.chat_requests) == 1
 
 
+SSE = {"content-type": "text/event-stream"}
+
+
+async def test_a_stream_that_ends_without_finishing_is_unavailable(
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
+) -> None:
+    chunk = '{"choices": [{"index": 0, "delta": {"content": "half"}, "finish_reason": null}]}'
+    openai_server.fail_next(Failure.raw(200, f"data: {chunk}\n\n", headers=SSE))
+    seen: list[str] = []
+    with pytest.raises(ModelUnavailable, match="unfinished"):
+        async for delta in make_backend().stream(_request()):
+            seen.append(delta.text)
+    assert seen == ["half"]
+
+
+async def test_a_malformed_stream_event_is_a_model_error(
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
+) -> None:
+    openai_server.fail_next(Failure.raw(200, "data: {not json\n\n", headers=SSE))
+    with pytest.raises(ModelError, match="malformed stream event"):
+        await _collect(make_backend(), _request())
+
+
+async def test_a_slow_answer_within_the_read_timeout_arrives(
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
+) -> None:
+    openai_server.fail_next(Failure.hang(0.2))
+    result = await make_backend(read_timeout_s=2.0).generate(_request("slow"))
+    assert result.text == "echo: slow"
+    assert result.latency_s >= 0.2
+    assert openai_server.disconnects == 0
+
+
 # --------------------------------------------------------------------------- retries
 async def test_503_is_retried_then_succeeds(
     openai_server: FakeOpenAIServer, make_backend: MakeBackend

@@ -19,6 +19,7 @@ from PIL import Image
 
 from models.config import BackendConfig
 from models.errors import ModelError, ModelLoadError, ModelRejected, ModelUnavailable
+from models.factory import build_backend
 from models.types import (
     GenerationRequest,
     ImageInput,
@@ -349,16 +350,15 @@ async def test_engine_errors_map_to_the_error_hierarchy(
     assert engine.aborted == [engine.calls[0][2]]
 
 
-def test_missing_vllm_is_a_load_error_naming_the_extra() -> None:
+async def test_missing_vllm_is_a_load_error_naming_the_extra() -> None:
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here")
-    backend = VLLMBackend(BackendConfig(backend="vllm", model="org/m"))
-
-    async def go() -> None:
-        await backend.generate(_request())
-
+    backend = build_backend(BackendConfig(backend="vllm", model="org/m"))  # cheap: no import yet
+    assert isinstance(backend, VLLMBackend)
     with pytest.raises(ModelLoadError, match=r"pip install 'proreason\[vllm\]'"):
-        asyncio.run(go())
+        await backend.start()
+    with pytest.raises(ModelLoadError):  # generate starts lazily and fails the same way
+        await backend.generate(_request())
 
 
 # --------------------------------------------------------------------------- life cycle
