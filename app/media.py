@@ -400,10 +400,8 @@ class MediaLoader:
         """Uploaded bytes (multipart) -> a decoded, normalised image."""
         limit = self.config.max_image_bytes
         if len(data) > limit:
-            raise _refuse(
-                f"{source}: image is too large: {len(data)} bytes (limit {limit} bytes)",
-                "too_large",
-            )
+            msg = f"image is too large: {len(data)} bytes (limit {limit} bytes)"
+            raise _refuse(f"{_short(source, 60)}: {msg}", "too_large")
         return await self._decode(bytes(data), source)
 
     # -- decoding -----------------------------------------------------------------------------
@@ -493,8 +491,8 @@ class MediaLoader:
                 return await self._read(url, response)
             finally:
                 await response.aclose()
-        host = url.host
-        raise _refuse(f"cannot connect to {host!r}", "fetch_failed") from last_error
+        detail = f": {_short(str(last_error), 120)}" if last_error and str(last_error) else ""
+        raise _refuse(f"cannot connect to {url.host!r}{detail}", "fetch_failed") from last_error
 
     async def _read(self, url: httpx.URL, response: httpx.Response) -> bytes | _Redirect:
         status = response.status_code

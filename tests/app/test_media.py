@@ -12,8 +12,11 @@ import io
 import ipaddress
 import random
 import re
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 import time
 import zlib
@@ -100,8 +103,8 @@ class NoNetwork(httpx.AsyncBaseTransport):
 class LoopbackOnly(httpx.AsyncBaseTransport):
     """A real HTTP transport that refuses (AssertionError) to connect outside 127.0.0.0/8."""
 
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+    def __init__(self, verify: ssl.SSLContext | bool = True) -> None:
+        self.inner = httpx.AsyncHTTPTransport(verify=verify)
         self.requests: list[httpx.Request] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -615,9 +618,13 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class LoopbackServer:
-    def __init__(self, host: str, hits: list[tuple[str, str, str]]) -> None:
+    def __init__(
+        self, host: str, hits: list[tuple[str, str, str]], tls: ssl.SSLContext | None = None
+    ) -> None:
         handler = type("BoundHandler", (Handler,), {"hits": hits})
         self.httpd = ThreadingHTTPServer((host, 0), handler)
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self.host, self.port = host, self.httpd.server_address[1]
@@ -818,3 +825,55 @@ async def test_first_failure_cancels_the_other_fetches(server: LoopbackServer) -
         assert time.monotonic() - started < 1.0  # did not wait for the 3 s server
     assert info.value.index == 1
     assert info.value.message.startswith("image 2 of 2: unsupported URL scheme")
+
+
+@pytest.fixture(scope="module")
+def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A throw-away self-signed certificate for the name ``images.test`` (made with openssl)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=images.test",
+         "-addext", "subjectAltName=DNS:images.test", "-keyout", key, "-out", cert],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_server(
+    tls_cert: tuple[str, str], hits: list[tuple[str, str, str]]
+) -> Iterator[LoopbackServer]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*tls_cert)
+    srv = LoopbackServer("127.0.0.1", hits, tls=context)
+    yield srv
+    srv.close()
+
+
+@pytest.mark.parametrize(("name", "ok"), [("images.test", True), ("other.test", False)])
+async def test_https_pinned_to_the_ip_still_verifies_the_certificate_for_the_name(
+    tls_cert: tuple[str, str],
+    tls_server: LoopbackServer,
+    fresh_hits: list[tuple[str, str, str]],
+    name: str,
+    ok: bool,
+) -> None:
+    """Connects to 127.0.0.1 (the checked address) with SNI and verification for ``name``."""
+    trust = ssl.create_default_context(cafile=tls_cert[0])
+    transport = LoopbackOnly(verify=trust)
+    dns = FakeDNS({name: [["127.0.0.1"]]})
+    url = f"https://{name}:{tls_server.port}/img.png"
+    async with make_loader(transport, dns, allow_hosts=[name]) as loader:
+        if ok:
+            assert (await loader.load(url)).size == (40, 20)
+            assert fresh_hits == [("127.0.0.1", "/img.png", f"{name}:{tls_server.port}")]
+        else:  # the certificate is for images.test: a pinned request for other.test must fail
+            err = await refused(loader, url)
+            assert err.reason == "fetch_failed"
+            assert "CERTIFICATE_VERIFY_FAILED" in err.message, err.message
+            assert fresh_hits == []
+    assert [str(r.url.host) for r in transport.requests] == ["127.0.0.1"]
