@@ -51,6 +51,7 @@ import binascii
 import io
 import logging
 import os
+import struct
 import threading
 import warnings
 from collections.abc import Sequence
@@ -212,7 +213,8 @@ def decode_image(data: bytes, *, max_pixels: int, max_side: int) -> Image.Image:
                 out.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise _refuse(f"image is too large: {exc}", "too_many_pixels") from None
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError) as exc:
+            # (struct.error / IndexError: decoder faults on hostile input, not our bugs)
             detail = str(exc) or type(exc).__name__
             if "truncated" in detail or isinstance(exc, EOFError):
                 raise _refuse(
@@ -317,8 +319,10 @@ class MediaLoader:
         self._guard = NetGuard(config.allow_hosts, resolver)
         self._owns_client = client is None
         self._client = client if client is not None else self._make_client(config)
-        slots = decode_concurrency or max(1, min(4, os.cpu_count() or 1))
-        self._decode_slots = asyncio.Semaphore(slots)
+        #: images decoded at once (each may hold up to max_pixels x 4 bytes while decoding)
+        self.decode_concurrency = decode_concurrency or max(1, min(4, os.cpu_count() or 1))
+        self._decode_slots: asyncio.Semaphore | None = None
+        self._slots_loop: asyncio.AbstractEventLoop | None = None
         _configure_pil(config.max_pixels)
 
     @staticmethod
@@ -407,10 +411,18 @@ class MediaLoader:
     # -- decoding -----------------------------------------------------------------------------
 
     async def _decode(self, data: bytes, source: str) -> ImageInput:
-        async with self._decode_slots:
+        async with self._slots():
             image = await asyncio.to_thread(self._decode_sync, data)
         logger.debug("media: decoded %s from %s", image, source)
         return image
+
+    def _slots(self) -> asyncio.Semaphore:
+        """The decode semaphore of the running loop (an asyncio primitive binds to one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._decode_slots is None or self._slots_loop is not loop:
+            self._decode_slots = asyncio.Semaphore(self.decode_concurrency)
+            self._slots_loop = loop
+        return self._decode_slots
 
     def _decode_sync(self, data: bytes) -> ImageInput:
         img = decode_image(data, max_pixels=self.config.max_pixels, max_side=self.config.max_side)
