@@ -72,10 +72,11 @@ async def run_baseline(ctx: RunContext) -> AsyncIterator[Step]:
             ),
             json_schema=ctx.json_schema(ctx.vision, SCENE_GRAPH_SCHEMA),
         )
+        scene_graph = "" if graph.error else _scene_graph_text(ctx, graph)
         yield graph
         ctx.raise_if_failed(graph)
         step = await _answer_with_image(
-            ctx, "ccot_answer", "ccot_answer", "direct", scene_graph=_scene_graph_text(ctx, graph)
+            ctx, "ccot_answer", "ccot_answer", "direct", scene_graph=scene_graph
         )
     elif method == "caption":
         caption = await ctx.call(
@@ -96,9 +97,10 @@ async def run_baseline(ctx: RunContext) -> AsyncIterator[Step]:
         )
     else:  # the Reasoner validates methods before a run starts
         raise ValueError(f"not a baseline method: {method!r}")
+    if not step.error:
+        ctx.finish(step, "baseline")
     yield step
     ctx.raise_if_failed(step)
-    ctx.finish(step, "baseline")
 
 
 async def _answer_with_image(

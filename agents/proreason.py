@@ -28,7 +28,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agents.parsing import ParseError, answer_line, clean_answer, parse_dispatch, parse_verdict
+from agents.parsing import (
+    DispatchDecision,
+    ParseError,
+    Verdict,
+    answer_line,
+    clean_answer,
+    parse_dispatch,
+    parse_verdict,
+)
 from agents.run import RunContext
 from agents.types import Step
 from models.types import Message
@@ -83,9 +91,10 @@ async def answer_without_image(ctx: RunContext) -> AsyncIterator[Step]:
             answer_format=ctx.answer_format("direct"),
         ),
     )
+    if not step.error:
+        ctx.finish(step, "no_image_direct")
     yield step
     ctx.raise_if_failed(step)
-    ctx.finish(step, "no_image_direct")
 
 
 async def run_proreason(ctx: RunContext) -> AsyncIterator[Step]:
@@ -98,58 +107,38 @@ async def run_proreason(ctx: RunContext) -> AsyncIterator[Step]:
     for rnd in range(1, ctx.options.max_rounds + 1):
         ctx.rounds = rnd
         step = await _dispatch(ctx, rnd, last_expert)
-        yield step
-        if step.error:
-            continue
-        try:
-            decision = parse_dispatch(
-                step.output,
-                parallel=ctx.options.parallel_perception,
-                max_questions=ctx.config.max_parallel_questions,
-            )
-        except ParseError as exc:
-            ctx.parse_failed(step, str(exc))
-            continue
-        step.decision = decision.as_dict()
-        if decision.dropped:
-            ctx.note(
-                f"round {rnd}: {decision.dropped} extra visual sub-question(s) dropped "
-                f"(max_parallel_questions={ctx.config.max_parallel_questions})"
-            )
+        decision = None if step.error else _read_dispatch(ctx, step)
+        yield step  # steps are yielded complete: parsed, annotated, remembered
+        if decision is None:
+            continue  # failed call, unreadable decision or unknown expert: round spent
 
         added = 0
         if decision.expert == "vision":
             async for vstep in _perceive(ctx, rnd, decision.questions):
-                yield vstep
                 added += _remember(ctx, vstep, "vision", vstep.output)
+                yield vstep
         else:
             istep = await _insight(ctx, rnd, decision.question)
-            yield istep
             if not istep.error:
                 added += _remember(ctx, istep, "insight", _insight_conclusion(ctx, istep))
+            yield istep
         if not added:
             continue  # the expert call failed or said nothing: round spent
         last_expert = decision.expert
 
         rstep = await _referee(ctx, rnd)
-        yield rstep
-        if rstep.error:
-            continue
-        try:
-            verdict = parse_verdict(rstep.output)
-        except ParseError as exc:
-            ctx.parse_failed(rstep, str(exc))
-            continue
-        rstep.decision = verdict.as_dict()
-        if not verdict.solvable:
-            continue
-        if verdict.reasoning:
+        verdict = None if rstep.error else _read_verdict(ctx, rstep)
+        if verdict is not None and verdict.solvable and verdict.reasoning:
             ctx.memory.add("referee", verdict.reasoning, round=rnd)
             rstep.memory_entry = verdict.reasoning
+        yield rstep
+        if verdict is None or not verdict.solvable:
+            continue
         sstep = await _summarize(ctx, rnd)
+        if not sstep.error:
+            ctx.finish(sstep, "solved")
         yield sstep
         ctx.raise_if_failed(sstep)
-        ctx.finish(sstep, "solved")
         return
 
     fstep = await ctx.call(
@@ -164,9 +153,41 @@ async def run_proreason(ctx: RunContext) -> AsyncIterator[Step]:
         ),
         round=ctx.rounds,
     )
+    if not fstep.error:
+        ctx.finish(fstep, "max_rounds_fallback")
     yield fstep
     ctx.raise_if_failed(fstep)
-    ctx.finish(fstep, "max_rounds_fallback")
+
+
+def _read_dispatch(ctx: RunContext, step: Step) -> DispatchDecision | None:
+    """The dispatcher's decision, recorded on the step; None (and a parse failure) if unusable."""
+    try:
+        decision = parse_dispatch(
+            step.output,
+            parallel=ctx.options.parallel_perception,
+            max_questions=ctx.config.max_parallel_questions,
+        )
+    except ParseError as exc:
+        ctx.parse_failed(step, str(exc))
+        return None
+    step.decision = decision.as_dict()
+    if decision.dropped:
+        ctx.note(
+            f"round {step.round}: {decision.dropped} extra visual sub-question(s) dropped "
+            f"(max_parallel_questions={ctx.config.max_parallel_questions})"
+        )
+    return decision
+
+
+def _read_verdict(ctx: RunContext, step: Step) -> Verdict | None:
+    """The referee's verdict, recorded on the step; None (and a parse failure) if unusable."""
+    try:
+        verdict = parse_verdict(step.output)
+    except ParseError as exc:
+        ctx.parse_failed(step, str(exc))
+        return None
+    step.decision = verdict.as_dict()
+    return verdict
 
 
 def _remember(ctx: RunContext, step: Step, role: str, content: str) -> int:

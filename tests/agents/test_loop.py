@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 
 import pytest
@@ -322,3 +323,36 @@ async def test_trace_is_json_friendly(make_reasoner, image: ImageInput) -> None:
         assert step.backend == "fake"
         assert step.latency_s >= 0 and step.started_at >= 0
     assert result.latency_s >= max(s.started_at + s.latency_s for s in result.steps) - 1e-6
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+async def test_steps_are_complete_when_streamed(
+    make_reasoner, image: ImageInput, parallel: bool
+) -> None:
+    text = FakeModel(
+        "llm",
+        script={
+            "dispatcher": [
+                "not json",
+                '{"expert": "vision", "questions": ["Colour?", "Shape?"]}',
+                '{"expert": "insight", "question": "Conclude."}',
+            ],
+            "referee": ["unclear", SOLVED],
+        },
+    )
+    reasoner = make_reasoner(FakeModel("lvlm"), text)
+    snapshots: list[Step] = []
+    result = None
+    async for event in reasoner.stream(
+        Question("How many?", images=(image,)), RunOptions(parallel_perception=parallel)
+    ):
+        if isinstance(event, Step):
+            snapshots.append(copy.deepcopy(event))
+        else:
+            result = event
+    assert isinstance(result, RunResult)
+    by_index = {s.index: s for s in snapshots}
+    assert [by_index[s.index] for s in result.steps] == result.steps
+    assert by_index[0].parse_error and result.parse_failures == 2
+    assert all(s.memory_entry for s in result.steps if s.role in ("vision", "insight"))
+    assert result.steps[-2].memory_entry == "Both shapes are named."
