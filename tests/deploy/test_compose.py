@@ -160,3 +160,20 @@ def test_app_services(rendered, files: tuple[Path, ...], profiles: tuple[str, ..
             svc = cfg.services[name]
             assert svc["environment"]["HF_HUB_OFFLINE"] == "1"
             assert all(cfg.config["networks"][n].get("internal") for n in svc["networks"])
+
+
+def test_nginx_tag_supports_upstream_resolve():
+    """nginx.conf re-resolves replicas (`server ... resolve`): open-source nginx >= 1.27.3."""
+    tag = read_env_file(ENV_EXAMPLE)["NGINX_TAG"]
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", tag)
+    assert m, f"pin an nginx version, not {tag!r}"
+    version = (int(m.group(1)), int(m.group(2)), int(m.group(3) or 99))
+    assert version >= (1, 27, 3)
+
+
+def test_readme_documents_every_file_and_profile():
+    readme = (DOCKER / "README.md").read_text()
+    for f in COMPOSE_FILES:
+        assert f.name in readme, f"docker/README.md does not mention {f.name}"
+    for profile in {p for ps in PROFILE_SETS.values() for p in ps}:
+        assert f"--profile {profile}" in readme
