@@ -73,12 +73,14 @@ class RunContext:
         return time.perf_counter() - self._t0
 
     def note(self, message: str, *, key: str | None = None) -> None:
-        """Log ``message`` and add it to the run's notes once (per ``key`` when given)."""
-        logger.info("run %s: %s", self.run_id, message)
+        """Add ``message`` to the run's notes once per ``key`` (default: the message); logged."""
         key = key or message
-        if key not in self._noted:
-            self._noted.add(key)
-            self.notes.append(message)
+        if key in self._noted:
+            logger.debug("run %s: %s", self.run_id, message)
+            return
+        logger.info("run %s: %s", self.run_id, message)
+        self._noted.add(key)
+        self.notes.append(message)
 
     def parse_failed(self, step: Step, reason: str) -> None:
         """The model's output was unusable: recorded on the step and counted (round spent)."""

@@ -356,3 +356,44 @@ async def test_steps_are_complete_when_streamed(
     assert by_index[0].parse_error and result.parse_failures == 2
     assert all(s.memory_entry for s in result.steps if s.role in ("vision", "insight"))
     assert result.steps[-2].memory_entry == "Both shapes are named."
+
+
+async def test_insight_without_answer_line_keeps_its_last_line(
+    make_reasoner, image: ImageInput
+) -> None:
+    text = FakeModel(
+        "llm",
+        script={
+            "dispatcher": '{"expert": "insight", "question": "Conclude."}',
+            "insight": "Reasoning first.\n\nSo there are two shapes.",
+        },
+    )
+    result = await make_reasoner(FakeModel("lvlm"), text).run(
+        Question("How many?", images=(image,))
+    )
+    assert result.steps[1].memory_entry == "So there are two shapes."
+    assert any("no final-answer line" in n for n in result.notes)
+    assert "Reasoning first." not in text.of("referee")[0].user_text
+
+
+async def test_empty_expert_answer_spends_the_round(make_reasoner, image: ImageInput) -> None:
+    vision = FakeModel("lvlm", script={"vision": ["   ", "a red square"]})
+    result = await make_reasoner(vision, FakeModel("llm")).run(
+        Question("How many?", images=(image,))
+    )
+    assert [s.role for s in result.steps] == [
+        "dispatcher", "vision", "dispatcher", "vision", "referee", "summarizer",
+    ]  # fmt: skip
+    assert result.steps[1].parse_error == "empty answer"
+    assert result.parse_failures == 1
+
+
+async def test_memory_truncation_is_logged(make_reasoner, image: ImageInput, caplog) -> None:
+    vision = FakeModel("lvlm", script={"vision": "x " * 400})
+    text = FakeModel("llm", context=700, script={"referee": [NOT_YET] * 3 + [SOLVED]})
+    with caplog.at_level("INFO", logger="agents"):
+        result = await make_reasoner(vision, text, max_tokens=32).run(
+            Question("How many?", images=(image,))
+        )
+    assert any("memory truncated" in n for n in result.notes)
+    assert any("memory truncated" in r.getMessage() for r in caplog.records)
