@@ -32,7 +32,9 @@ stores no cookies.
 Residual risks (documented, accepted): an injected client with a proxy configured sends the
 pinned IP URL through that proxy, which then makes the connection; the address policy still
 applies to the IP, but the proxy's own egress rules are outside our control. DNS is the system
-resolver's: ``/etc/hosts`` entries and search domains apply.
+resolver's: ``/etc/hosts`` entries and search domains apply. A DNS lookup cannot be cancelled: the
+fetch deadline covers it, but a hung lookup keeps one of netguard's DNS threads until the resolver
+gives up.
 
 Decompression bombs: PIL's ``Image.open`` reads only the header, so ``width * height`` is checked
 against ``max_pixels`` before a single pixel is decoded. PIL's own guard stays on: creating a
@@ -56,6 +58,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -327,8 +330,6 @@ class MediaLoader:
 
     @staticmethod
     def _make_client(config: MediaConfig) -> httpx.AsyncClient:
-        from http.cookiejar import CookieJar, DefaultCookiePolicy
-
         return httpx.AsyncClient(
             timeout=httpx.Timeout(config.fetch_timeout_s),
             follow_redirects=False,

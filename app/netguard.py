@@ -8,8 +8,8 @@ ranges smuggled inside IPv6 (IPv4-mapped ``::ffff:a.b.c.d``, NAT64 ``64:ff9b::/9
 
 Policy (``NetGuard.check``):
 
-- The host is resolved once (``getaddrinfo`` in a worker thread, never on the event loop); an IP
-  literal is not resolved at all.
+- The host is resolved once (``getaddrinfo`` in a small dedicated thread pool, never on the event
+  loop); an IP literal is not resolved at all.
 - EVERY resolved address must be acceptable: public, or allowed by ``allow_hosts``. This is
   stricter than "the host or one of its addresses is allowed": a name that resolves to an allowed
   CIDR *and* to loopback is refused unless the name itself is allow-listed.
@@ -28,10 +28,13 @@ Everything here raises ``models.errors.MediaError`` with ``param`` set to a shor
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import socket
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from models.errors import MediaError
 
@@ -154,9 +157,25 @@ class AllowList:
         return bool(self.names or self.networks)
 
 
+_DNS_WORKERS = 8
+_dns_pool: ThreadPoolExecutor | None = None
+_dns_pool_lock = threading.Lock()
+
+
+def _dns_executor() -> ThreadPoolExecutor:
+    """Threads for ``getaddrinfo`` only: a slow or hostile DNS server (a lookup cannot be
+    cancelled) ties up these, never the default executor that decodes images."""
+    global _dns_pool
+    with _dns_pool_lock:
+        if _dns_pool is None:
+            _dns_pool = ThreadPoolExecutor(_DNS_WORKERS, thread_name_prefix="media-dns")
+        return _dns_pool
+
+
 async def system_resolve(host: str, port: int) -> list[str]:
     """All addresses ``host`` resolves to, in the system's preference order (off the event loop)."""
-    infos = await asyncio.to_thread(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    infos = await asyncio.get_running_loop().run_in_executor(_dns_executor(), lookup)
     seen: list[str] = []
     for info in infos:
         address = str(info[4][0])
