@@ -112,8 +112,9 @@ class ChatCompletionRequest(BaseModel):
 
 class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
-    #: image tokens included in prompt_tokens (extension; null: unknown)
+    #: image tokens included in prompt_tokens (null: the backend cannot tell)
     image_tokens: int | None = None
+    text_tokens: int | None = None
 
 
 class ChatUsage(BaseModel):

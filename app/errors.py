@@ -162,15 +162,20 @@ def describe_validation(errors: Sequence[Any]) -> ErrorInfo:
     """Pydantic / FastAPI validation errors -> one readable 400 naming the first bad field."""
     if not errors:
         return ErrorInfo(400, "invalid_request_error", "invalid_value", "invalid request")
-    first = errors[0]
-    if first.get("type") == "json_invalid":
+    # the most specific error first (a union reports one error per member: take the deepest)
+    first = max(errors, key=lambda e: len(e.get("loc", ())))
+    kind = first.get("type")
+    if kind == "json_invalid":
         where = (first.get("ctx") or {}).get("error", "")
         message = f"malformed JSON body: {where}".rstrip(": ")
         return ErrorInfo(400, "invalid_request_error", "json_invalid", message)
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header")]
+    loc = [str(p) for p in first.get("loc", ()) if not _is_noise(p)]
     param = _join_loc(loc) or None
     msg = str(first.get("msg", "invalid value"))
-    if first.get("type") == "missing":
+    if param is None and kind in ("model_attributes_type", "dict_type", "model_type"):
+        message = "the request body must be a JSON object (Content-Type: application/json)"
+        return ErrorInfo(400, "invalid_request_error", "invalid_value", message)
+    if kind == "missing":
         message = f"missing required field '{param}'" if param else "missing request body"
     elif param:
         message = f"invalid value for '{param}': {msg}"
@@ -179,6 +184,17 @@ def describe_validation(errors: Sequence[Any]) -> ErrorInfo:
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem(s))"
     return ErrorInfo(400, "invalid_request_error", "invalid_value", message, param)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _is_noise(part: object) -> bool:
+    """Loc parts that are not field names: the request part, pydantic's union-member tags."""
+    if isinstance(part, int):
+        return False
+    text = str(part)
+    return text in ("body", "query", "header") or text in _TYPE_TAGS or "[" in text
 
 
 def _join_loc(loc: Sequence[str]) -> str:

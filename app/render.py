@@ -129,7 +129,12 @@ def chat_usage(usage: Usage) -> ChatUsage:
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
-        prompt_tokens_details=PromptTokensDetails(image_tokens=usage.image_tokens),
+        prompt_tokens_details=PromptTokensDetails(
+            image_tokens=usage.image_tokens,
+            text_tokens=None
+            if usage.image_tokens is None
+            else usage.prompt_tokens - usage.image_tokens,
+        ),
     )
 
 
