@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
+
+    @model_validator(mode="after")
+    def _prompts_beside_profiles(self) -> Settings:
+        """Prompts come from the same configs folder as the profiles unless set explicitly."""
+        if self.agent.prompts_dir is None and (configs_dir() / "prompts").is_dir():
+            self.agent.prompts_dir = configs_dir() / "prompts"
+        return self
 
     @classmethod
     def settings_customise_sources(
