@@ -154,7 +154,11 @@ def _app_get(path: str) -> int | None:
 
     app = create_app(load_settings("vllm"))
     assert path in app.openapi()["paths"], f"{path} is no route of the app"
-    return TestClient(app).get(path).status_code
+    client = TestClient(app)
+    try:
+        return client.get(path).status_code
+    finally:
+        client.close()
 
 
 def test_dockerfile_healthcheck_hits_a_real_route(container_settings):
