@@ -13,6 +13,7 @@ from tests.deploy.conftest import COMBINATIONS
 from tests.deploy.helpers import (
     COMPOSE,
     DOCKER,
+    DOCKERFILE,
     ENV_EXAMPLE,
     FILE_SETS,
     ONE_GPU,
@@ -74,7 +75,7 @@ def test_one_vllm_tag_everywhere(compose_bin: str):
     text = "\n".join(f.read_text() for f in COMPOSE_FILES)
     defaults = set(re.findall(r"\$\{VLLM_TAG:-([^}]*)\}", text))
     assert defaults == {tag}
-    dockerfile = (COMPOSE.parent.parent / "Dockerfile").read_text()
+    dockerfile = DOCKERFILE.read_text()
     assert f"ARG VLLM_TAG={tag}\n" in dockerfile
 
 
