@@ -37,6 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.schemas import StepOut
 from models.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -127,8 +128,9 @@ def _describe_own(exc: ProReasonError) -> ErrorInfo:
         return ErrorInfo(429, "rate_limit_error", exc.code, msg, param, {"Retry-After": retry})
     if isinstance(exc, DeadlineExceeded):
         info = ErrorInfo(504, "timeout_error", exc.code, msg, param)
-        if isinstance(exc.partial, dict):
-            info.extra.update(exc.partial)
+        if isinstance(exc.partial, list):  # the Steps done before the deadline
+            steps = [StepOut.model_validate(s, from_attributes=True) for s in exc.partial]
+            info.extra["steps"] = [s.model_dump(mode="json") for s in steps]
         return info
     if isinstance(exc, ModelRejected):
         if exc.status_code == 413 or _CONTEXT_TOO_LONG.search(msg):
