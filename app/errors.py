@@ -238,8 +238,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         info = describe(exc)
         request_id = request_id_of(request)
-        if info.status >= 500 and not isinstance(exc, ProReasonError):
-            log_unexpected(exc, request_id)
+        if info.status >= 500:
+            if isinstance(exc, ProReasonError):
+                log.warning(
+                    "request failed: %s",
+                    info.message,
+                    extra={"request_id": request_id, "status": info.status, "code": info.code},
+                )
+            else:
+                log_unexpected(exc, request_id)
         return error_response(info, request_id)
 
     app.add_exception_handler(ProReasonError, handle)

@@ -39,6 +39,13 @@ async def _stop(task: asyncio.Task[None]) -> None:
     await asyncio.wait([task], timeout=STOP_TIMEOUT_S)
 
 
+class Heartbeat:
+    """Nothing happened for a while (the run is still going)."""
+
+
+HEARTBEAT = Heartbeat()
+
+
 class Slot:
     """One admitted question; release exactly once (idempotent)."""
 
@@ -76,6 +83,9 @@ class Admission:
 
 
 class ReasoningService:
+    #: seconds of silence after which ``events`` yields a HEARTBEAT
+    heartbeat_s: float = 15.0
+
     def __init__(
         self,
         *,
@@ -115,13 +125,15 @@ class ReasoningService:
 
     # ----------------------------------------------------------------- running
 
-    async def events(self, prepared: Prepared) -> AsyncIterator[Step | RunResult]:
+    async def events(self, prepared: Prepared) -> AsyncIterator[Step | RunResult | Heartbeat]:
         """Steps as the Reasoner records them, then the RunResult; the deadline applies to all.
 
         The Reasoner runs in one task of its own (so its stream never hops tasks); this
-        generator waits for its events under the deadline. On expiry: ``DeadlineExceeded`` whose
-        ``partial`` is the list of steps done so far. Closing this generator (the client went
-        away) or the deadline cancels the run, and so the model call in progress.
+        generator waits for its events under the deadline, yielding a ``HEARTBEAT`` after every
+        ``heartbeat_s`` of silence (streams turn it into an SSE comment that keeps proxies from
+        closing an idle connection). On expiry: ``DeadlineExceeded`` whose ``partial`` is the
+        list of steps done so far. Closing this generator (the client went away) or the
+        deadline cancels the run, and so the model call in progress.
         """
         options = prepared.options
         deadline = time.monotonic() + prepared.timeout_s
@@ -132,8 +144,13 @@ class ReasoningService:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise asyncio.TimeoutError
-                event = await asyncio.wait_for(queue.get(), remaining)
+                    raise self._deadline(prepared, steps)
+                try:
+                    event = await asyncio.wait_for(queue.get(), min(remaining, self.heartbeat_s))
+                except asyncio.TimeoutError:
+                    if time.monotonic() < deadline:
+                        yield HEARTBEAT
+                    continue
                 if event is None:
                     return
                 if isinstance(event, BaseException):
@@ -144,18 +161,19 @@ class ReasoningService:
                     steps.append(event)
                     self.metrics.observe_step(event)
                 yield event
-        except (TimeoutError, asyncio.TimeoutError):
-            self.metrics.observe_failure(options.method, options.mode, DeadlineExceeded.code)
-            raise DeadlineExceeded(
-                f"the request did not finish within its deadline of {prepared.timeout_s:g}s "
-                f"({len(steps)} model call(s) done)",
-                partial=steps,
-            ) from None
         except ProReasonError as exc:
             self.metrics.observe_failure(options.method, options.mode, exc.code)
             raise
         finally:
             await _stop(task)
+
+    @staticmethod
+    def _deadline(prepared: Prepared, steps: list[Step]) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"the request did not finish within its deadline of {prepared.timeout_s:g}s "
+            f"({len(steps)} model call(s) done)",
+            partial=steps,
+        )
 
     async def _produce(self, prepared: Prepared, queue: asyncio.Queue) -> None:
         try:

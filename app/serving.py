@@ -22,13 +22,16 @@ from app.disconnect import cancel_on_disconnect
 from app.errors import log_unexpected, sse_error
 from app.render import ChunkWriter, chat_completion, event_type, reason_response, sse, step_out
 from app.schemas import ReasonParams, ReasonResponse
-from app.service import ReasoningService, Slot
+from app.service import Heartbeat, ReasoningService, Slot
 from app.sse import EventStream
 from models.errors import ProReasonError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: an SSE comment: ignored by clients, keeps proxies from closing an idle stream
+KEEP_ALIVE = ": keep-alive\n\n"
 
 
 async def _prepare(request: Request, slot: Slot, work: Coroutine[Any, Any, T]) -> T:
@@ -79,7 +82,9 @@ async def _reason_events(
     request_id: str = request.state.request_id
     try:
         async for event in service.events(prepared):
-            if isinstance(event, RunResult):
+            if isinstance(event, Heartbeat):
+                yield KEEP_ALIVE
+            elif isinstance(event, RunResult):
                 request.state.stop_reason = event.stop_reason
                 body = reason_response(request_id, event, prepared, time.perf_counter() - started)
                 yield sse("result", body.model_dump(mode="json", exclude_none=True))
@@ -127,7 +132,9 @@ async def _chat_events(
     try:
         result: RunResult | None = None
         async for event in service.events(prepared):
-            if isinstance(event, RunResult):
+            if isinstance(event, Heartbeat):
+                yield KEEP_ALIVE
+            elif isinstance(event, RunResult):
                 result = event
             elif step_field != "none":
                 yield writer.step(event, step_field)

@@ -358,3 +358,20 @@ async def test_client_disconnect_cancels_the_model_call(
     assert text.calls[0].cancelled and not text.calls[0].done
     service = gated.app.state.service
     assert service.admission.in_flight == 0  # the slot was released
+
+
+# --------------------------------------------------------------------------- keep-alive
+
+
+async def test_idle_streams_get_keep_alive_comments(gated: Gated, text: ScriptedModel) -> None:
+    gated.app.state.service.heartbeat_s = 0.05
+    text.gate = None
+    text.delay_s["answer"] = 0.3
+    async with http(gated.asgi) as client:
+        r = await client.post("/v1/reason", json={"question": "What is 2 + 2?", "stream": True})
+        chat = {"model": "proreason", "messages": [{"role": "user", "content": "hi"}]}
+        rc = await client.post("/v1/chat/completions", json={**chat, "stream": True})
+    assert r.text.count(": keep-alive\n\n") >= 2
+    assert [e for e, _ in parse_sse(r.text)] == ["answer", "result", "done"]
+    assert rc.text.count(": keep-alive\n\n") >= 2
+    assert parse_sse(rc.text)[-1] == (None, "[DONE]")
