@@ -9,7 +9,11 @@ import time
 from typing import Any
 
 #: attributes every LogRecord has; anything else passed with ``extra=`` goes into the JSON
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's ANSI-coloured copy of msg
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,3 +45,5 @@ def configure_logging(level: str = "info") -> None:
         logger.handlers = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # one line per upstream call is noise next to our per-request line and the step metrics
+    logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))
