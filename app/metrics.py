@@ -40,6 +40,11 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.http_in_flight = Gauge(
+            "proreason_http_requests_in_flight",
+            "HTTP requests being served now (streams included)",
+            registry=r,
+        )
         self.in_flight = Gauge(
             "proreason_questions_in_flight", "questions being answered now", registry=r
         )

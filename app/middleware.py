@@ -61,6 +61,7 @@ class EdgeMiddleware:
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
+        self.metrics.http_in_flight.inc()
         try:
             replay = await self._read_body(scope, headers, receive)
             await self.app(scope, replay, send_with_id)
@@ -73,6 +74,7 @@ class EdgeMiddleware:
                 info = describe(exc)
                 await error_response(info, request_id)(scope, receive, send_with_id)
         finally:
+            self.metrics.http_in_flight.dec()
             self._finish(scope, state, request_id, status, time.perf_counter() - started)
 
     async def _read_body(self, scope: Scope, headers: Headers, receive: Receive) -> Receive:

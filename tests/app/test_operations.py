@@ -121,6 +121,7 @@ def test_metrics_count_requests_model_calls_rounds_and_stop_reasons(
         'proreason_stop_reasons_total{stop_reason="solved"} 1.0',
         'proreason_questions_total{method="proreason",mode="assisted",outcome="ok"} 1.0',
         "proreason_questions_in_flight 0.0",
+        "proreason_http_requests_in_flight 1.0",  # the /metrics request itself
         "proreason_rejected_total 0.0",
     ]
     for line in expected:
