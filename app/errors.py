@@ -156,6 +156,9 @@ def _describe_http(exc: StarletteHTTPException) -> ErrorInfo:
         return ErrorInfo(405, "invalid_request_error", "method_not_allowed", detail, None, headers)
     if status == 413:
         return ErrorInfo(413, "invalid_request_error", "request_too_large", detail, None, headers)
+    if status == 400 and detail == "There was an error parsing the body":  # FastAPI's words
+        message = "the request body could not be parsed (invalid JSON, encoding or form data)"
+        return ErrorInfo(400, "invalid_request_error", "invalid_body", message, None, headers)
     kind = "invalid_request_error" if status < 500 else "server_error"
     return ErrorInfo(status, kind, None, detail, None, headers)
 

@@ -147,6 +147,11 @@ BAD_INPUTS: list[tuple[str, str, dict[str, Any], int, str, str | None]] = [
     ("upload non-image", "/v1/reason/upload", {"data": {"question": "What?"}, "files": [("files", ("a.png", b"not an image at all", "image/png"))]}, 400, "image", "files[0]"),
     ("upload without question", "/v1/reason/upload", {"data": {"method": "direct"}}, 400, "question", "question"),
     ("upload bad max_rounds", "/v1/reason/upload", {"data": {"question": "x", "max_rounds": "many"}}, 400, "max_rounds", "max_rounds"),
+    ("invalid utf-8", "/v1/reason", {"content": b'{"question": "\xff\xfe"}', "headers": {"content-type": "application/json"}}, 400, "could not be parsed", None),
+    ("json nested 100000 deep", "/v1/reason", {"content": b"[" * 100_000 + b"]" * 100_000, "headers": {"content-type": "application/json"}}, 400, "could not be parsed", None),
+    ("empty body", "/v1/reason", {"content": b"", "headers": {"content-type": "application/json"}}, 400, "missing request body", None),
+    ("empty upload", "/v1/reason/upload", {"data": {"question": "What?"}, "files": [("files", ("a.png", b"", "image/png"))]}, 400, "empty", "files[0]"),
+    ("ipv4-mapped loopback", "/v1/chat/completions", {"json": chat(user(img("http://[::ffff:127.0.0.1]/x"), TEXT))}, 400, "not allowed", "messages[0].content[0].image_url"),
     ("text/plain body", "/v1/reason", {"content": b"question=x", "headers": {"content-type": "text/plain"}}, 400, "JSON object", None),
 ]
 # fmt: on
