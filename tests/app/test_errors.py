@@ -24,6 +24,7 @@ from models.errors import (
     ModelRejected,
     ModelTimeout,
     ModelUnavailable,
+    Overloaded,
     ProReasonError,
 )
 from tests.app.conftest import ScriptedModel, make_settings, parse_sse, png_data_url
@@ -236,6 +237,7 @@ def test_assisted_mode_without_a_text_model_is_a_400(data_url: str) -> None:
     ("exc", "status", "code", "retry_after"),
     [
         (ModelUnavailable("upstream down"), 503, "model_unavailable", "5"),
+        (Overloaded("upstream busy", retry_after_s=3), 429, "overloaded", "3"),
         (ModelLoadError("no weights"), 503, "model_load_error", "5"),
         (ModelTimeout("upstream slow"), 504, "model_timeout", None),
         (ModelRejected("bad request", status_code=400), 502, "model_rejected", None),

@@ -147,6 +147,15 @@ def test_ready_reports_unhealthy_backends(client: TestClient, vision: ScriptedMo
     assert client.get("/health").status_code == 200  # liveness does not depend on the models
 
 
+def test_before_start_up_probes_say_not_ready(app: FastAPI) -> None:
+    c = TestClient(app)  # not entered: the lifespan has not run, no service yet
+    assert c.get("/health").status_code == 200
+    r = c.get("/ready")
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "model_unavailable"
+    assert c.post("/v1/reason", json={"question": "x"}).status_code == 503
+
+
 def test_openapi_documents_routes_schemas_and_errors(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
