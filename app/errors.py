@@ -235,21 +235,24 @@ def log_unexpected(exc: BaseException, request_id: str | None) -> None:
     log.error("unexpected error", exc_info=exc, extra={"request_id": request_id, "event": "error"})
 
 
+def log_failure(exc: BaseException, info: ErrorInfo, request_id: str | None) -> None:
+    """5xx only: our errors as a warning line, anything else with its traceback."""
+    if info.status < 500:
+        return
+    if isinstance(exc, ProReasonError):
+        extra = {"request_id": request_id, "status": info.status, "code": info.code}
+        log.warning("request failed: %s", info.message, extra=extra)
+    else:
+        log_unexpected(exc, request_id)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error the framework or our code raises through ``describe``."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         info = describe(exc)
         request_id = request_id_of(request)
-        if info.status >= 500:
-            if isinstance(exc, ProReasonError):
-                log.warning(
-                    "request failed: %s",
-                    info.message,
-                    extra={"request_id": request_id, "status": info.status, "code": info.code},
-                )
-            else:
-                log_unexpected(exc, request_id)
+        log_failure(exc, info, request_id)
         return error_response(info, request_id)
 
     app.add_exception_handler(ProReasonError, handle)

@@ -19,12 +19,11 @@ from agents.types import RunResult
 from app.chat_schemas import ChatCompletion, ChatCompletionRequest
 from app.convert import Prepared, Upload
 from app.disconnect import cancel_on_disconnect
-from app.errors import log_unexpected, sse_error
+from app.errors import describe, log_failure, sse_error
 from app.render import ChunkWriter, chat_completion, event_type, reason_response, sse, step_out
 from app.schemas import ReasonParams, ReasonResponse
 from app.service import Heartbeat, ReasoningService, Slot
 from app.sse import EventStream
-from models.errors import ProReasonError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +43,7 @@ async def _prepare(request: Request, slot: Slot, work: Coroutine[Any, Any, T]) -
 
 
 def _stream_failed(exc: Exception, request_id: str) -> None:
-    if not isinstance(exc, ProReasonError):
-        log_unexpected(exc, request_id)
+    log_failure(exc, describe(exc), request_id)
 
 
 # --------------------------------------------------------------------------- /v1/reason
