@@ -41,6 +41,7 @@ Streaming
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
 import time
@@ -125,6 +126,9 @@ class _Loaded:
     pad_id: int
     image_token: str | None
     image_token_id: int | None
+    #: a private copy for ``count_tokens`` on the event loop: a fast tokenizer used from two
+    #: threads at once while one changes its padding fails with "Already borrowed"
+    count_tokenizer: Any
 
     @property
     def is_vision(self) -> bool:
@@ -244,9 +248,10 @@ class TransformersBackend(ModelBackend):
         self.image_cache.clear()
 
     def count_tokens(self, text: str) -> int:
+        """Exact count with the model's tokenizer once loaded (called on the event loop thread)."""
         if self._lm is None:
             return super().count_tokens(text)
-        return len(self._lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self._lm.count_tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # ------------------------------------------------------------------ requests
 
@@ -421,6 +426,7 @@ class TransformersBackend(ModelBackend):
             pad_id=int(pad),
             image_token=image_token,
             image_token_id=image_token_id,
+            count_tokenizer=copy.deepcopy(tokenizer),
         )
 
     def _device(self, torch: Any) -> Any:
@@ -428,9 +434,12 @@ class TransformersBackend(ModelBackend):
         if name == "auto":
             name = "cuda" if torch.cuda.is_available() else "cpu"
         try:
-            return torch.device(name)
+            device = torch.device(name)
         except RuntimeError as exc:
             raise ModelLoadError(f"bad device {name!r}: {_first_line(exc)}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {name!r} requested but CUDA is not available here")
+        return device
 
     def _dtype(self, torch: Any, device: Any) -> Any:
         name = self.config.dtype
@@ -467,6 +476,8 @@ class TransformersBackend(ModelBackend):
         enc = self._encode(lm, requests)
         enc = {
             k: v.to(lm.device, dtype=lm.dtype if v.is_floating_point() else None)
+            if isinstance(v, torch.Tensor)
+            else v
             for k, v in enc.items()
         }
         sampling = requests[0].sampling  # identical within a batch, but for max_tokens

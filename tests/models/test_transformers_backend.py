@@ -159,6 +159,17 @@ async def test_folder_without_a_model_is_a_load_error(tmp_path: Path) -> None:
     await backend.close()
 
 
+async def test_unavailable_device_is_a_load_error(tiny_models: dict[str, Path]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    backend = TransformersBackend(_config(tiny_models["text"], device="cuda"))
+    with pytest.raises(ModelLoadError, match="CUDA is not available"):
+        await backend.start()
+    await backend.close()
+
+
 async def test_missing_extra_names_the_install_command(
     tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
