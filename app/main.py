@@ -1,12 +1,13 @@
 """The app factory and the server entry point.
 
-create_app(settings)                  production: the lifespan builds and starts the backends
-create_app(settings, models=...)      tests: bring your own ModelSet (you close it)
-run_server(settings)                  uvicorn on server.host:server.port with JSON logs
+create_app(settings)                  the lifespan builds and starts the backends (ASGI factory use)
+create_app(settings, models=...)      bring your own ModelSet (you close it): tests, run_server
+run_server(settings)                  open the models, then uvicorn on server.host:server.port
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -90,14 +91,27 @@ def create_app(
 
 
 def run_server(settings: Settings) -> None:
-    """Serve on ``server.host:server.port`` until interrupted (JSON logs on stderr)."""
+    """Serve on ``server.host:server.port`` until interrupted (JSON logs on stderr).
+
+    The models are opened before the server binds its port, in the server's own event loop: a
+    model that cannot be loaded raises ``ModelLoadError`` (one line for the CLI), not a lifespan
+    traceback, and nothing listens until the service can answer.
+    """
     configure_logging(settings.server.log_level)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    models = await open_models(settings.models)
+    try:
+        config = uvicorn.Config(
+            create_app(settings, models=models),
+            host=settings.server.host,
+            port=settings.server.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+        await uvicorn.Server(config).serve()
+    finally:
+        await close_models(models)
