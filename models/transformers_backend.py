@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -52,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 from models.base import ModelBackend
 from models.batcher import MicroBatcher
@@ -81,6 +83,22 @@ _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_tok
 _LOAD_LOCK = threading.Lock()
 
 
+def _unreachable_hub(timeout_s: float = 3.0) -> str | None:
+    """The hub's host if a TCP connection to it cannot be opened quickly, else None."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    host = url.hostname or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError:
+        return host
+    return None
+
+
 def _import_hf() -> tuple[Any, SimpleNamespace]:
     """(torch, a namespace with the transformers classes used here); call under ``_LOAD_LOCK``."""
     try:
@@ -99,6 +117,9 @@ def _import_hf() -> tuple[Any, SimpleNamespace]:
             f"the transformers backend needs torch and transformers ({exc.name or exc} is "
             f"missing): {_HF_EXTRA}"
         ) from None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars; hub download bars stay
     hf = SimpleNamespace(
         AsyncTextIteratorStreamer=AsyncTextIteratorStreamer,
         AutoConfig=AutoConfig,
@@ -337,6 +358,12 @@ class TransformersBackend(ModelBackend):
         except Exception as exc:  # from_pretrained raises many types; all mean "cannot load"
             if local or not self.config.allow_download:
                 raise self._load_failure(exc, local=local, downloading=False) from None
+            hub = _unreachable_hub()
+            if hub is not None:  # fail in one line now, not after the hub client's retries
+                raise ModelLoadError(
+                    f"cannot load model {self.model!r}: not in the local cache and the hub "
+                    f"({hub}) is unreachable (offline?)"
+                ) from None
             logger.info("model %r not in the local cache: downloading", self.model)
             try:
                 lm = self._load_from(torch, transformers, source, local_files_only=False)
