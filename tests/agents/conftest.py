@@ -20,19 +20,7 @@ from agents.prompts import PromptSet
 from models.base import ModelBackend
 from models.errors import ModelError
 from models.types import GenerationRequest, GenerationResult, ImageInput, Usage
-
-#: system-prompt prefixes of the bundled templates -> the role the fake answers as
-SYSTEM_ROLES: tuple[tuple[str, str], ...] = (
-    ("You are the planner", "dispatcher"),
-    ("You are a careful observer", "vision"),
-    ("You are a reasoning specialist", "insight"),
-    ("You are a strict judge", "referee"),
-    ("You write the final answer", "summarizer"),
-    ("You describe images as structured scene graphs", "scene_graph"),
-    ("You describe images.", "caption"),
-)
-#: everything else answers the original question in one go (fallback, no-image, baselines)
-ANSWER = "answer"
+from tests.fakes.roles import ANSWER, role_of
 
 DEFAULTS: dict[str, str] = {
     "dispatcher": '{"expert": "vision", "question": "Which shapes are visible?"}',
@@ -46,14 +34,6 @@ DEFAULTS: dict[str, str] = {
 }
 
 Script = str | Sequence[str] | Callable[[GenerationRequest, int], str]
-
-
-def role_of(request: GenerationRequest) -> str:
-    system = next((m.text_content for m in request.messages if m.role == "system"), "")
-    for prefix, role in SYSTEM_ROLES:
-        if system.startswith(prefix) and (role != "caption" or system == prefix):
-            return role
-    return ANSWER
 
 
 @dataclass

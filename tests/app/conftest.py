@@ -29,36 +29,7 @@ from app.main import create_app
 from app.settings import Settings, load_settings
 from models.base import ModelBackend
 from models.types import GenerationRequest, GenerationResult, Usage
-
-#: system-prompt prefixes of the bundled templates -> role
-SYSTEM_ROLES: tuple[tuple[str, str], ...] = (
-    ("You are the planner", "dispatcher"),
-    ("You are a careful observer", "vision"),
-    ("You are a reasoning specialist", "insight"),
-    ("You are a strict judge", "referee"),
-    ("You write the final answer", "summarizer"),
-    ("You describe images as structured scene graphs", "scene_graph"),
-    ("You describe images.", "caption"),
-)
-
-DEFAULT_SCRIPT: dict[str, str] = {
-    "dispatcher": '{"expert": "vision", "question": "Which shapes are visible?"}',
-    "vision": "Step 1: a red square.\nStep 2: a blue circle right of it.",
-    "insight": "The square is left of the circle.\nFinal answer: left",
-    "referee": '{"solvable": true, "reasoning": "The notes place both shapes."}',
-    "summarizer": "Answer: the red square is left of the blue circle",
-    "answer": "Answer: a red square and a blue circle",
-    "scene_graph": '{"objects": [{"name": "square", "attributes": ["red"]}], "relationships": []}',
-    "caption": "A red square and a blue circle on white.",
-}
-
-
-def role_of(request: GenerationRequest) -> str:
-    system = next((m.text_content for m in request.messages if m.role == "system"), "")
-    for prefix, role in SYSTEM_ROLES:
-        if system.startswith(prefix) and (role != "caption" or system == prefix):
-            return role
-    return "answer"
+from tests.fakes.roles import DEFAULT_SCRIPT, role_of
 
 
 @dataclass

@@ -14,8 +14,8 @@ import pytest
 from openai import OpenAI
 
 from tests.app.conftest import free_port
-from tests.app.test_upstreams import RoleResponder
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.fakes.roles import RoleResponder
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,32 +14,11 @@ from openai import OpenAI
 
 from app.main import create_app
 from app.settings import Settings
-from tests.app.conftest import DEFAULT_SCRIPT, SYSTEM_ROLES, LiveServer, make_settings
+from tests.app.conftest import LiveServer, make_settings
 from tests.fakes.openai_server import Failure, FakeOpenAIServer
+from tests.fakes.roles import RoleResponder
 
 CONTEXT_ERROR = "This model's maximum context length is 4096 tokens. However, you requested 9000"
-
-
-def role_in(body: dict[str, Any]) -> str:
-    system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
-    system = system if isinstance(system, str) else ""
-    for prefix, role in SYSTEM_ROLES:
-        if system.startswith(prefix) and (role != "caption" or system == prefix):
-            return role
-    return "answer"
-
-
-class RoleResponder:
-    """Answers like the scripted double, per role; ``fail[role]`` returns a Failure instead."""
-
-    def __init__(self) -> None:
-        self.fail: dict[str, Failure] = {}
-        self.roles: list[str] = []
-
-    def __call__(self, body: dict[str, Any]) -> str | Failure:
-        role = role_in(body)
-        self.roles.append(role)
-        return self.fail.get(role, DEFAULT_SCRIPT[role])
 
 
 @pytest.fixture
