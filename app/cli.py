@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from models.errors import InvalidRequest, ProReasonError
+from models.errors import InvalidRequest, MediaError, ModelUnavailable, ProReasonError
 
 log = logging.getLogger("proreason")
 
@@ -71,7 +71,8 @@ def _format_step(step: Any) -> str:
         return f"{head}  ! unusable output ({step.parse_error}): {_clip(step.output)}"
     if step.role == "dispatcher" and step.decision:
         expert = step.decision.get("expert", "?")
-        return f"{head}  -> {expert}: {_clip(step.sub_question or '')}"
+        asked = step.decision.get("questions") or [step.decision.get("question", "")]
+        return f"{head}  -> {expert}: {_clip(' | '.join(asked))}"
     if step.role == "referee" and step.decision:
         verdict = "solvable" if step.decision.get("solvable") else "not yet"
         return f"{head}  {verdict}: {_clip(str(step.decision.get('reasoning', '')))}"
@@ -118,15 +119,50 @@ async def _load_cli_images(settings: Any, refs: Sequence[str]) -> list[Any]:
                 images.append(await loader.load(ref))
                 continue
             data = await asyncio.to_thread(_read_image_file, ref, i)
-            images.append(await loader.load_bytes(data, source=ref))
+            try:
+                images.append(await loader.load_bytes(data, source=ref))
+            except MediaError as exc:
+                raise CLIError(f"image {i} ({ref}): {exc.message}") from None
         return images
     finally:
         await loader.aclose()
 
 
-async def _ask(args: argparse.Namespace) -> int:
-    from agents import Question, Reasoner, RunOptions, RunResult
+def _run_options(args: argparse.Namespace, settings: Any, method: str | None) -> Any:
+    """RunOptions from the command line, the profile's agent section filling the gaps."""
+    from agents import RunOptions
+
+    agent = settings.agent
+    return RunOptions(
+        method=method or agent.method,
+        mode=args.mode or agent.mode,
+        max_rounds=agent.max_rounds if args.max_rounds is None else args.max_rounds,
+        parallel_perception=args.parallel or agent.parallel_perception,
+        max_tokens=getattr(args, "max_tokens", None),
+        temperature=getattr(args, "temperature", None),
+    )
+
+
+async def _open_healthy(settings: Any):  # -> ModelSet
+    """Open the models and fail in one line, before any work, if one cannot answer."""
     from app.runtime import close_models, open_models
+
+    models = await open_models(settings.models)
+    configs = {"vision": settings.models.vision, "text": settings.models.text}
+    for name, backend in (("vision", models.vision), ("text", models.text)):
+        if backend is not None and not await backend.health():
+            await close_models(models)
+            where = getattr(configs[name], "base_url", "") if backend.backend == "openai" else ""
+            raise ModelUnavailable(
+                f"the {name} model {backend.model!r} is not available"
+                + (f" (no healthy server at {where})" if where else "")
+            )
+    return models
+
+
+async def _ask(args: argparse.Namespace) -> int:
+    from agents import Question, Reasoner, RunResult
+    from app.runtime import close_models
 
     settings = _load_settings(args)
     images = await _load_cli_images(settings, args.image)
@@ -136,15 +172,8 @@ async def _ask(args: argparse.Namespace) -> int:
         answer_format="multiple_choice" if args.choice else "open",
         options=tuple(args.choice),
     )
-    options = RunOptions(
-        method=args.method or settings.agent.method,
-        mode=args.mode or settings.agent.mode,
-        max_rounds=args.max_rounds or settings.agent.max_rounds,
-        parallel_perception=args.parallel or settings.agent.parallel_perception,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-    )
-    models = await open_models(settings.models)
+    options = _run_options(args, settings, args.method)
+    models = await _open_healthy(settings)
     try:
         reasoner = Reasoner(models, settings.agent)
         result: RunResult | None = None
@@ -174,9 +203,9 @@ async def _ask(args: argparse.Namespace) -> int:
 
 
 async def _eval(args: argparse.Namespace) -> int:
-    from agents import Reasoner, RunOptions
+    from agents import Reasoner
     from app.media import MediaLoader
-    from app.runtime import close_models, open_models
+    from app.runtime import close_models
     from evals.datasets import load_dataset
     from evals.runner import evaluate, format_reports, write_outputs
 
@@ -184,18 +213,13 @@ async def _eval(args: argparse.Namespace) -> int:
     items = load_dataset(args.dataset, split=args.split, limit=args.limit, seed=args.seed)
     if not items:
         raise CLIError(f"dataset {args.dataset!r} has no items")
-    models = await open_models(settings.models)
+    models = await _open_healthy(settings)
     loader = MediaLoader(settings.media)
     reports, records = [], {}
     try:
         reasoner = Reasoner(models, settings.agent)
         for method in args.method or [settings.agent.method]:
-            options = RunOptions(
-                method=method,
-                mode=args.mode or settings.agent.mode,
-                max_rounds=args.max_rounds or settings.agent.max_rounds,
-                parallel_perception=args.parallel,
-            )
+            options = _run_options(args, settings, method)
             report, records[method] = await evaluate(
                 reasoner, items, options, loader, concurrency=args.concurrency
             )

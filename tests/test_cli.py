@@ -1,0 +1,225 @@
+"""The ``proreason`` command as a user runs it: real processes where start-up matters, in-process
+``main()`` for the rest. Models: the tiny offline ones and a loopback OpenAI-compatible upstream."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from app.cli import main
+from tests.fakes.openai_server import FakeOpenAIServer
+from tests.fakes.roles import RoleResponder
+
+PROREASON = [sys.executable, "-m", "app.cli"]
+
+
+def write_profile(path: Path, models: dict[str, Any], **sections: Any) -> Path:
+    path.write_text(yaml.safe_dump({"models": models, **sections}))
+    return path
+
+
+def tiny_backend(folder: Path) -> dict[str, Any]:
+    return {
+        "backend": "transformers",
+        "model": str(folder),
+        "device": "cpu",
+        "allow_download": False,
+    }
+
+
+@pytest.fixture
+def tiny_profile(tmp_path: Path, tiny_models: dict[str, Path]) -> Path:
+    return write_profile(
+        tmp_path / "tiny.yaml",
+        {"vision": tiny_backend(tiny_models["vision"]), "text": tiny_backend(tiny_models["text"])},
+        agent={"max_rounds": 2, "max_tokens": 8},
+    )
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(model="fake-vlm", responder=RoleResponder()) as server:
+        yield server
+
+
+@pytest.fixture
+def upstream_profile(tmp_path: Path, upstream: FakeOpenAIServer) -> Path:
+    backend = {"backend": "openai", "model": "fake-vlm", "base_url": upstream.base_url}
+    return write_profile(tmp_path / "pure.yaml", {"vision": backend}, agent={"mode": "pure"})
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*PROREASON, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=Path(__file__).parent.parent,
+    )
+
+
+def test_ask_end_to_end_on_tiny_models(tiny_profile: Path, shapes_png: Path) -> None:
+    proc = run("ask", "--profile", str(tiny_profile), "--json", "-i", str(shapes_png), "Colour?")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["method"] == "proreason" and result["mode"] == "assisted"
+    assert result["stop_reason"] in {"solved", "max_rounds_fallback"}
+    roles = [s["role"] for s in result["steps"]]
+    assert roles[0] == "dispatcher" and len(roles) >= 3
+    # every step ran on a real model and counted its tokens; the image reached the LVLM
+    assert all(s["usage"]["prompt_tokens"] > 0 for s in result["steps"])
+    assert result["usage"]["image_tokens"] and result["usage"]["image_tokens"] > 0
+
+
+def test_ask_prints_a_readable_trace(
+    upstream_profile: Path, upstream: FakeOpenAIServer, shapes_png: Path, capsys
+) -> None:
+    code = main(["ask", "--profile", str(upstream_profile), "-i", str(shapes_png), "Where?"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert out.strip() == "the red square is left of the blue circle"
+    lines = err.splitlines()
+    assert (
+        lines[0].startswith("[r1] dispatcher")
+        and "-> vision: Which shapes are visible?" in lines[0]
+    )
+    assert lines[1].startswith("[r1] vision") and "a red square" in lines[1]
+    assert lines[2].startswith("[r1] referee") and "solvable" in lines[2]
+    assert lines[3].startswith("[--] summarizer") or lines[3].startswith("[r1] summarizer")
+    assert "[solved] 1 round(s), 4 model calls" in lines[4]
+    assert upstream.responder.roles == ["dispatcher", "vision", "referee", "summarizer"]
+
+
+def test_ask_multiple_choice_and_baseline(
+    upstream_profile: Path, upstream: FakeOpenAIServer, shapes_png: Path, capsys
+) -> None:
+    args = ["ask", "--profile", str(upstream_profile), "-i", str(shapes_png), "--json"]
+    assert main([*args, "--method", "direct", "What is shown?"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["stop_reason"] == "baseline" and len(result["steps"]) == 1
+    assert upstream.responder.roles == ["answer"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["-i", "missing.png"], "error: image 1: no such file: missing.png", 2),
+        (["-i", "{text_file}"], "error: image 1", 2),
+        (["--profile", "no-such-profile"], "error: profile 'no-such-profile' not found", 2),
+        (["--max-rounds", "0"], "error: ", 2),
+    ],
+)
+def test_bad_input_is_one_line(
+    args: list[str], message: str, code: int, upstream_profile: Path, tmp_path: Path, capsys
+) -> None:
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not an image")
+    args = [a.replace("{text_file}", str(text_file)) for a in args]
+    if "--profile" not in args:
+        args = ["--profile", str(upstream_profile), *args]
+    assert main(["ask", *args, "What?"]) == code
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_unsupported_image_format_is_named(upstream_profile: Path, tmp_path: Path, capsys) -> None:
+    tiff = tmp_path / "scan.tiff"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tiff)
+    assert main(["ask", "--profile", str(upstream_profile), "-i", str(tiff), "What?"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: image 1") and "TIFF" in err.upper() and err.count("\n") == 1
+
+
+def test_model_that_cannot_be_loaded(tmp_path: Path, shapes_png: Path, capsys) -> None:
+    profile = write_profile(tmp_path / "p.yaml", {"vision": tiny_backend(tmp_path / "nope")})
+    assert main(["ask", "--profile", str(profile), "-i", str(shapes_png), "What?"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot load model") and err.count("\n") == 1, err
+
+
+def test_unreachable_upstream(tmp_path: Path, shapes_png: Path, capsys) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = {
+        "backend": "openai",
+        "model": "m",
+        "base_url": f"http://127.0.0.1:{port}/v1",
+        "max_retries": 1,
+        "retry_backoff_s": 0.01,
+    }
+    profile = write_profile(
+        tmp_path / "p.yaml", {"vision": backend}, agent={"mode": "pure", "method": "direct"}
+    )
+    assert main(["ask", "--profile", str(profile), "-i", str(shapes_png), "What?"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_default_profile_offline_fails_in_one_line(tmp_path: Path) -> None:
+    """The default profile names real hub models: without a hub, serve says so in one line."""
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    proc = run("serve", env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(
+        "error: cannot load model 'llava-hf/llava-interleave-qwen-0.5b-hf'"
+    )
+    assert "unreachable" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_eval_on_tiny_models(tiny_profile: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "results"
+    code = main(
+        [
+            "eval",
+            "--profile",
+            str(tiny_profile),
+            "--limit",
+            "3",
+            "--method",
+            "proreason",
+            "--method",
+            "direct",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "proreason" in table and "direct" in table
+    report = json.loads((out / "report.json").read_text())
+    by_method = {r["method"]: r for r in report["reports"]}
+    assert by_method["direct"]["n"] == 3 and by_method["direct"]["stop_reasons"] == {"baseline": 3}
+    proreason = by_method["proreason"]
+    assert sum(proreason["stop_reasons"].values()) + proreason["errors"] == 3
+    assert proreason["model_calls_per_question"] >= 2
+    rows = (out / "predictions-proreason.jsonl").read_text().splitlines()
+    assert len(rows) == 3 and {"verdict", "stop_reason", "reference"} <= json.loads(rows[0]).keys()
+
+
+def test_profiles_and_help(capsys) -> None:
+    assert main(["profiles"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("default", "tiny", "vllm", "pure", "vllm-inprocess"):
+        assert f"{name} " in listed
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    help_text = capsys.readouterr().out
+    for command in ("ask", "serve", "eval", "build-tiny", "profiles", "bench"):
+        assert command in help_text
