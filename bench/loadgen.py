@@ -142,6 +142,16 @@ class Window:
         return out
 
 
+def _window_stats(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Engine counters over the window (differences); the per-question profile and the bound
+    from every question completed since the level started (warm-up included)."""
+    out = dict(after)
+    for key in ("calls", "questions", "steps", "batch_sum", "busy_s", "lag_s", "call_time_s"):
+        out[key] = after[key] - before[key]
+    out["mean_batch"] = out["batch_sum"] / out["steps"] if out["steps"] else 0.0
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -182,12 +192,13 @@ async def closed_loop(
             while not phase["stop"]:
                 done.append(await ask(client, url, questions.body(next(counter))))
 
+        await control.post(sim.url + "/sim/reset")
         tasks = [asyncio.create_task(worker(k)) for k in range(concurrency)]
         t0 = time.perf_counter()
         while len(done) < concurrency and time.perf_counter() - t0 < max_warmup_s:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         warmup = time.perf_counter() - t0
-        await control.post(sim.url + "/sim/reset")
+        before = (await control.get(sim.url + "/sim/stats")).json()
         cpu0 = {name: cpu_seconds(pid) for name, pid in watch.items()}
         w0 = time.perf_counter()
         n0 = len(done)
@@ -196,7 +207,7 @@ async def closed_loop(
             if on_tick is not None:
                 on_tick()
         w1 = time.perf_counter()
-        engine = (await control.get(sim.url + "/sim/stats")).json()
+        engine = _window_stats(before, (await control.get(sim.url + "/sim/stats")).json())
         cpu1 = {name: cpu_seconds(pid) for name, pid in watch.items()}
         window = [s for s in done[n0:] if w0 <= s.end <= w1]
         phase["stop"] = True

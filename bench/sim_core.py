@@ -348,8 +348,6 @@ class SimEngine:
         """Aggregates over the call log since the last reset, and the bound they imply."""
         calls = [r for r in self.log if r.finish_reason != "abort"]
         questions = sum(1 for r in calls if r.role in TERMINAL_ROLES)
-        decode = sum(max(r.completion_tokens - 1, 0) for r in calls)
-        prefill = sum(max(r.prompt_tokens - r.cached_tokens, 1) for r in calls)
         by_role: dict[str, dict[str, float]] = {}
         for r in calls:
             entry = by_role.setdefault(
@@ -373,6 +371,7 @@ class SimEngine:
             "steps": s.steps,
             "busy_s": s.busy_s,
             "mean_batch": s.batch_sum / s.steps if s.steps else 0.0,
+            "batch_sum": s.batch_sum,
             "decode_tokens": s.decode_tokens,
             "prefill_tokens": s.prefill_tokens,
             "max_running": s.max_running,
@@ -383,15 +382,12 @@ class SimEngine:
             "running": len(self.running),
             "waiting": len(self.waiting),
         }
-        if questions:
-            per_q_decode = decode / questions
-            per_q_prefill = prefill / questions
-            out["per_question"] = {
-                "calls": len(calls) / questions,
-                "decode_tokens": per_q_decode,
-                "prefill_tokens": per_q_prefill,
-            }
-            out["bound_qps"] = self.cost.bound_qps(per_q_decode, per_q_prefill)
+        profile = question_profile(calls)
+        if profile is not None:
+            out["per_question"] = profile
+            out["bound_qps"] = self.cost.bound_qps(
+                profile["decode_tokens"], profile["prefill_tokens"]
+            )
         if include_calls:
             out["call_log"] = [{**asdict(r), "duration_s": r.duration_s} for r in self.log]
         return out
@@ -399,3 +395,27 @@ class SimEngine:
 
 #: roles that end a question (used to count questions in the call log)
 TERMINAL_ROLES = frozenset({"summarizer", "fallback", "direct"})
+
+
+def question_profile(calls: list[CallRecord]) -> dict[str, float] | None:
+    """Mean calls, decode and uncached prefill tokens per COMPLETE question in ``calls``.
+
+    A question is complete when its terminal call (summarizer / fallback / direct) is in the log;
+    calls are grouped by question id, so questions cut by the start of the log do not count.
+    Without question ids, every call counts and questions are the terminal calls.
+    """
+    done = {r.qid for r in calls if r.role in TERMINAL_ROLES and r.qid is not None}
+    if done:
+        mine = [r for r in calls if r.qid in done]
+        n = len(done)
+    else:
+        mine = calls
+        n = sum(1 for r in calls if r.role in TERMINAL_ROLES)
+    if not n:
+        return None
+    return {
+        "questions": float(n),
+        "calls": len(mine) / n,
+        "decode_tokens": sum(max(r.completion_tokens - 1, 0) for r in mine) / n,
+        "prefill_tokens": sum(max(r.prompt_tokens - r.cached_tokens, 1) for r in mine) / n,
+    }
