@@ -4,9 +4,11 @@
     python -m bench all                  # the full suite; writes docs/bench_<name>.{json,png}
     python -m bench throughput --levels 1,16,64 --window 10
     python -m bench sim --port 8000 --scenario solve2   # just the simulated engine
+    python -m bench scaling              # questions/min on H100s from docs/bench_throughput.json
 
-Names: overhead, throughput, baseline, parallel, memory, all, sim. Every benchmark starts its own
-simulated engine and service processes on free loopback ports and stops them at the end.
+Names: overhead, throughput, baseline, parallel, memory, all, sim, scaling. Every benchmark starts
+its own simulated engine and service processes on free loopback ports and stops them at the end;
+``scaling`` only reads a throughput result (the call profile) and estimates real-GPU capacity.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         description="ProReason service benchmarks against a simulated continuous-batching engine.",
     )
-    parser.add_argument("name", choices=[*BENCHES, "all", "sim"], help="which benchmark")
+    parser.add_argument("name", choices=[*BENCHES, "all", "sim", "scaling"], help="which benchmark")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (seconds per bench)")
     parser.add_argument(
         "--out",
@@ -76,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="engine cost-model override, e.g. --sim max_num_seqs=128 --sim step_base_ms=4",
     )
     parser.add_argument("--no-plot", action="store_true", help="write no PNG")
+    parser.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        default=ROOT / "docs" / "bench_throughput.json",
+        help="scaling: the throughput results to take the call profile from",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -91,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.name == "scaling":
+        from bench.scaling import main as scaling_main
+
+        return scaling_main(args.source, args.out or ROOT / "docs")
     out = args.out
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="proreason-bench-")) if args.quick else ROOT / "docs"

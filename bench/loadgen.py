@@ -136,6 +136,12 @@ class Window:
         }
         bound = out["bound_qps"]
         out["fraction_of_bound"] = out["qps"] / bound if bound else None
+        # the same from the engine's side: model calls/s vs the bound in calls/s (smooth across
+        # the waves of a closed loop, where questions/s in a finite window is not)
+        per_q = out["calls_per_question"]
+        out["calls_fraction_of_bound"] = (
+            out["model_calls_per_s"] / (bound * per_q) if bound and per_q else None
+        )
         errors = [s.error for s in self.samples if s.error]
         if errors:
             out["first_error"] = errors[0]
@@ -166,7 +172,9 @@ async def closed_loop(
     *,
     concurrency: int,
     window_s: float,
-    max_warmup_s: float = 60.0,
+    max_warmup_s: float = 90.0,
+    latencies: float = 1.5,
+    max_window_s: float = 150.0,
     drain_timeout_s: float = 120.0,
     start_index: int = 0,
     watch: dict[str, int] | None = None,
@@ -202,6 +210,9 @@ async def closed_loop(
         cpu0 = {name: cpu_seconds(pid) for name, pid in watch.items()}
         w0 = time.perf_counter()
         n0 = len(done)
+        # a closed loop that starts together moves in waves about one latency long: measure over
+        # at least ``latencies`` of them, or a short window samples one phase of a wave
+        window_s = min(max(window_s, latencies * warmup), max_window_s)
         while time.perf_counter() - w0 < window_s:
             await asyncio.sleep(0.05)
             if on_tick is not None:

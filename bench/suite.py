@@ -293,6 +293,7 @@ def run_throughput(ctx: Context) -> dict[str, Any]:
             lv["model_calls_per_s"],
             lv["bound_qps"],
             100 * lv["fraction_of_bound"] if lv["fraction_of_bound"] else None,
+            100 * lv["calls_fraction_of_bound"] if lv["calls_fraction_of_bound"] else None,
             lv["engine_mean_batch"],
             lv["service_cpu_ms_per_question"],
         ]
@@ -309,14 +310,17 @@ def run_throughput(ctx: Context) -> dict[str, Any]:
             "calls/s",
             "bound q/s",
             "% of bound",
+            "% of bound (calls)",
             "engine batch",
             "service CPU ms/q",
         ],
         rows,
     )
     frac = top["fraction_of_bound"]
+    calls_frac = top["calls_fraction_of_bound"]
     text += (
-        f"\n\nat {top['concurrency']} in flight: {100 * frac:.1f}% of the engine's bound "
+        f"\n\nat {top['concurrency']} in flight: {100 * frac:.1f}% of the engine's bound in "
+        f"questions/s, {100 * (calls_frac or 0):.1f}% in model calls/s "
         "(target >= 90% at saturation)"
         if frac
         else ""
@@ -328,6 +332,7 @@ def run_throughput(ctx: Context) -> dict[str, Any]:
             "qps": top["qps"],
             "bound_qps": top["bound_qps"],
             "fraction_of_bound": frac,
+            "calls_fraction_of_bound": calls_frac,
             "target": 0.9,
         },
     }
