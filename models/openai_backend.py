@@ -83,6 +83,13 @@ def _schema_name(schema: Mapping[str, Any]) -> str:
     return name.strip("_")[:64] or "response"
 
 
+async def encode_images_off_loop(request: GenerationRequest) -> None:
+    """PNG-encode (once, cached on the image) off the event loop: a large photo takes tens of ms."""
+    pending = [image for image in request.images if not image.encoded]
+    if pending:
+        await asyncio.to_thread(lambda: [image.data_url() for image in pending])
+
+
 def build_chat_body(
     request: GenerationRequest, model: str, *, structured_output: bool, stream: bool = False
 ) -> dict[str, Any]:
@@ -306,6 +313,7 @@ class OpenAIBackend(ModelBackend):
         )
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
+        await encode_images_off_loop(request)
         started = time.perf_counter()
         body = build_chat_body(request, self.model, structured_output=self.supports_json_schema)
         client, slots = self._ensure_client()
@@ -341,6 +349,7 @@ class OpenAIBackend(ModelBackend):
         raise self._unavailable(self.config.max_retries + 1, why)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        await encode_images_off_loop(request)
         body = build_chat_body(
             request, self.model, structured_output=self.supports_json_schema, stream=True
         )

@@ -41,6 +41,11 @@ class ImageInput:
     def size(self) -> tuple[int, int]:
         return self.image.size
 
+    @property
+    def encoded(self) -> bool:
+        """Whether ``data_url()`` is already cached (free to call on the event loop)."""
+        return self._data_url is not None
+
     def data_url(self) -> str:
         """``data:image/png;base64,...`` encoded once and cached (thread-safe)."""
         if self._data_url is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -571,3 +572,27 @@ def test_error_message_accepts_every_known_body() -> None:
     assert error_message(b'{"detail": "Not Found"}', 404) == "Not Found"
     assert error_message(b"<html>bad gateway</html>", 502) == "<html>bad gateway</html>"
     assert error_message(b"", 502) == "HTTP 502"
+
+
+class _ThreadRecordingImage(ImageInput):
+    """Records the thread that PNG-encodes it."""
+
+    __slots__ = ("encoded_on",)
+
+    def data_url(self) -> str:
+        if not self.encoded:
+            self.encoded_on = threading.get_ident()
+        return super().data_url()
+
+
+async def test_images_are_encoded_off_the_event_loop(
+    make_backend: Callable[..., OpenAIBackend], shapes_image: Image.Image
+) -> None:
+    image = _ThreadRecordingImage(shapes_image)
+    request = GenerationRequest(messages=(Message.user("What is shown?", [image]),))
+    backend = make_backend()
+    await backend.generate(request)
+    assert image.encoded and image.encoded_on != threading.get_ident()
+    async for _ in backend.stream(request):  # already encoded: no second encode, no thread hop
+        pass
+    assert image.encoded
