@@ -98,7 +98,12 @@ def run_server(settings: Settings) -> None:
     traceback, and nothing listens until the service can answer.
     """
     configure_logging(settings.server.log_level)
-    asyncio.run(_serve(settings))
+    try:
+        import uvloop  # uvicorn[standard] brings it; +12-24% questions/s in the benchmarks
+    except ImportError:
+        asyncio.run(_serve(settings))
+    else:
+        uvloop.run(_serve(settings))
 
 
 async def _serve(settings: Settings) -> None:
