@@ -223,3 +223,12 @@ def test_profiles_and_help(capsys) -> None:
     help_text = capsys.readouterr().out
     for command in ("ask", "serve", "eval", "build-tiny", "profiles", "bench"):
         assert command in help_text
+
+
+def test_bench_help_lists_the_benchmarks(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("overhead", "throughput", "baseline", "parallel", "memory"):
+        assert name in out
