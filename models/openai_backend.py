@@ -38,6 +38,7 @@ from models.types import (
     StreamDelta,
     TextPart,
     Usage,
+    map_finish_reason,
 )
 
 log = logging.getLogger(__name__)
@@ -45,17 +46,6 @@ log = logging.getLogger(__name__)
 #: health probes use at most this timeout (seconds)
 HEALTH_TIMEOUT_S = 5.0
 
-_FINISH_REASONS: dict[str, FinishReason] = {
-    "stop": "stop",
-    "eos": "stop",
-    "tool_calls": "stop",
-    "function_call": "stop",
-    "length": "length",
-    "content_filter": "error",
-    "error": "error",
-    "abort": "cancelled",
-    "cancelled": "cancelled",
-}
 
 # Connection-level failures worth another attempt (the request did not reach a model, or the
 # connection broke before an answer). Read/write/pool timeouts are not in here: see ModelTimeout.
@@ -122,12 +112,6 @@ def build_chat_body(
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     return body
-
-
-def map_finish_reason(value: Any) -> FinishReason:
-    if value is None:
-        return "stop"
-    return _FINISH_REASONS.get(str(value), "stop")
 
 
 def parse_usage(data: Any) -> Usage:

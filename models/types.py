@@ -147,6 +147,23 @@ class Usage:
 
 FinishReason = Literal["stop", "length", "error", "cancelled"]
 
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "eos": "stop",
+    "tool_calls": "stop",
+    "function_call": "stop",
+    "length": "length",
+    "content_filter": "error",
+    "error": "error",
+    "abort": "cancelled",
+    "cancelled": "cancelled",
+}
+
+
+def map_finish_reason(value: object) -> FinishReason:
+    """A server's / engine's finish reason (OpenAI, vLLM) as ours; unknown or None -> "stop"."""
+    return "stop" if value is None else _FINISH_REASONS.get(str(value), "stop")
+
 
 @dataclass
 class GenerationResult:

@@ -49,6 +49,7 @@ from models.types import (
     StreamDelta,
     TextPart,
     Usage,
+    map_finish_reason,
 )
 
 log = logging.getLogger(__name__)
@@ -59,12 +60,6 @@ INSTALL_HINT = "pip install 'proreason[vllm]'"
 #: leaves the value unset, as ``vllm serve`` does
 _DEFAULTABLE = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
-_FINISH_REASONS: dict[str, FinishReason] = {
-    "stop": "stop",
-    "length": "length",
-    "abort": "cancelled",
-    "error": "error",
-}
 
 PromptBuilder = Callable[[GenerationRequest], Any]
 
@@ -148,10 +143,6 @@ class ChatTemplatePrompt:
 
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
-
-
-def _finish_reason(value: Any) -> FinishReason:
-    return "stop" if value is None else _FINISH_REASONS.get(str(value), "stop")
 
 
 class VLLMBackend(ModelBackend):
@@ -373,7 +364,7 @@ class VLLMBackend(ModelBackend):
         completion = last.outputs[0]
         return GenerationResult(
             text=completion.text,
-            finish_reason=_finish_reason(completion.finish_reason),
+            finish_reason=map_finish_reason(completion.finish_reason),
             usage=self._usage(last.prompt_token_ids, len(completion.token_ids)),
             latency_s=time.perf_counter() - started,
             model=self.model,
@@ -392,7 +383,7 @@ class VLLMBackend(ModelBackend):
                     if completion.text:
                         yield StreamDelta(text=completion.text)
                     if completion.finish_reason is not None:
-                        finish = _finish_reason(completion.finish_reason)
+                        finish = map_finish_reason(completion.finish_reason)
         yield StreamDelta(
             finish_reason=finish or "stop", usage=self._usage(prompt_ids, completion_tokens)
         )
