@@ -42,6 +42,18 @@ async def _prepare(request: Request, slot: Slot, work: Coroutine[Any, Any, T]) -
         raise
 
 
+async def _answer(
+    request: Request, service: ReasoningService, slot: Slot, prepared: Prepared
+) -> RunResult:
+    """A whole answer, cancelled if the client leaves; the slot is freed either way."""
+    try:
+        result = await cancel_on_disconnect(request, service.answer(prepared))
+    finally:
+        slot.release()
+    request.state.stop_reason = result.stop_reason
+    return result
+
+
 def _stream_failed(exc: Exception, request_id: str) -> None:
     log_failure(exc, describe(exc), request_id)
 
@@ -66,11 +78,7 @@ async def serve_reason(
     if params.stream:
         events = _reason_events(request, service, prepared, started)
         return EventStream(events, on_close=slot.release)
-    try:
-        result = await cancel_on_disconnect(request, service.answer(prepared))
-    finally:
-        slot.release()
-    request.state.stop_reason = result.stop_reason
+    result = await _answer(request, service, slot, prepared)
     return reason_response(request_id, result, prepared, time.perf_counter() - started)
 
 
@@ -108,11 +116,7 @@ async def serve_chat(
         writer = ChunkWriter(completion_id, pipeline.name)
         events = _chat_events(request, service, prepared, req, writer)
         return EventStream(events, on_close=slot.release)
-    try:
-        result = await cancel_on_disconnect(request, service.answer(prepared))
-    finally:
-        slot.release()
-    request.state.stop_reason = result.stop_reason
+    result = await _answer(request, service, slot, prepared)
     return chat_completion(completion_id, pipeline.name, result, prepared.trace)
 
 
