@@ -4,17 +4,19 @@ one-shot baselines behind one interface. Knows nothing about HTTP; talks to mode
 
     reasoner = Reasoner(ModelSet(vision=lvlm, text=llm), AgentConfig())
     result = await reasoner.run(Question("How many red squares?", images=(img,)))
-    async for event in reasoner.stream(question, RunOptions(mode="pure")):
+    job = reasoner.prepare(question, RunOptions(mode="pure"))   # validated (InvalidRequest)
+    async for event in reasoner.stream(job):
         ...  # a Step per model call, then one RunResult
 """
 
 from agents.config import AgentConfig
 from agents.prompts import PromptError, PromptSet
 from agents.reasoner import Reasoner
-from agents.types import ModelSet, Question, RunOptions, RunResult, Step
+from agents.types import Job, ModelSet, Question, RunOptions, RunResult, Step
 
 __all__ = [
     "AgentConfig",
+    "Job",
     "ModelSet",
     "PromptError",
     "PromptSet",

@@ -6,13 +6,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from agents.types import Method, Mode
+from agents.types import MAX_ROUNDS, Method, Mode
 
 
 class AgentConfig(BaseModel):
+    """The server's defaults for every run (a request may override method, mode, rounds ...)."""
+
     method: Method = "proreason"
     mode: Mode = "assisted"
-    max_rounds: int = Field(8, ge=1, le=32)
+    max_rounds: int = Field(8, ge=1, le=MAX_ROUNDS)
     #: default max new tokens per model call
     max_tokens: int = Field(512, ge=1)
     temperature: float | None = None

@@ -1,7 +1,9 @@
-"""The public entry point: ``Reasoner(models, config).run(question, options)`` / ``.stream(...)``.
+"""The public entry point: ``Reasoner(models, config).run(question, options)``, or
+``job = reasoner.prepare(question, options)`` then ``reasoner.stream(job)``.
 
 The Reasoner loads and checks the prompt templates once, validates each request before any model
-call (``InvalidRequest``), runs the chosen method and assembles the :class:`RunResult`.
+call (``InvalidRequest``, in ``prepare``: the only place), runs the chosen method and assembles the
+:class:`RunResult`.
 
 Errors: an invalid question or options raise ``models.errors.InvalidRequest``; a ModelError from a
 call that must produce the final answer (summarizer, fallback, direct answers, baselines)
@@ -13,9 +15,8 @@ propagates; model-output problems and in-loop call failures are recorded on the 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import replace
-from typing import get_args
+from collections.abc import AsyncIterator, Sequence
+from typing import TypeVar, get_args
 
 from agents.baselines import run_baseline
 from agents.config import AgentConfig
@@ -23,11 +24,15 @@ from agents.prompts import PromptSet
 from agents.proreason import run_proreason
 from agents.run import RunContext
 from agents.types import (
+    MAX_OPTIONS,
+    MAX_ROUNDS,
     AnswerFormat,
+    Job,
     Method,
     Mode,
     ModelSet,
     Question,
+    ResolvedOptions,
     RunOptions,
     RunResult,
     Step,
@@ -42,11 +47,48 @@ MODES: tuple[str, ...] = get_args(Mode)
 ANSWER_FORMATS: tuple[str, ...] = get_args(AnswerFormat)
 #: methods that call a text role (and so need a text model in assisted mode)
 _TEXT_METHODS = ("proreason", "caption")
-_MAX_OPTIONS = 26
+T = TypeVar("T")
+
+
+def check_choices(answer_format: str, options: Sequence[str]) -> None:
+    """multiple_choice needs 2 to MAX_OPTIONS non-empty options; open questions take none."""
+    if answer_format == "multiple_choice":
+        if len(options) < 2:
+            raise InvalidRequest(
+                "answer_format 'multiple_choice' needs at least 2 'options'", param="options"
+            )
+        if len(options) > MAX_OPTIONS:
+            raise InvalidRequest(
+                f"a multiple_choice question takes at most {MAX_OPTIONS} options",
+                param="options",
+            )
+        if any(not str(o).strip() for o in options):
+            raise InvalidRequest("'options' must not contain empty strings", param="options")
+    elif options:
+        raise InvalidRequest(
+            "'options' are only allowed with answer_format 'multiple_choice'",
+            param="answer_format",
+        )
+
+
+def _check_question(question: Question) -> None:
+    if not question.text or not question.text.strip():
+        raise InvalidRequest("the question text is empty", param="question")
+    if question.answer_format not in ANSWER_FORMATS:
+        raise InvalidRequest(
+            f"unknown answer_format {question.answer_format!r}; "
+            f"choose one of {', '.join(ANSWER_FORMATS)}",
+            param="answer_format",
+        )
+    check_choices(question.answer_format, question.options)
 
 
 class Reasoner:
-    """Answers questions about images with ProReason or a baseline. Safe to share across tasks."""
+    """Answers questions about images with ProReason or a baseline. Safe to share across tasks.
+
+    ``prepare`` validates a question and fills its options from the AgentConfig (the one place
+    either happens); ``stream`` runs the resulting Job; ``run`` does both and returns the result.
+    """
 
     def __init__(
         self, models: ModelSet, config: AgentConfig, *, prompts: PromptSet | None = None
@@ -56,96 +98,74 @@ class Reasoner:
         #: loaded and validated once; a bad template fails here, at start-up
         self.prompts = prompts if prompts is not None else PromptSet.load(config.prompts_dir)
 
-    def resolve_options(self, options: RunOptions | None = None) -> RunOptions:
-        """Options with every default filled in from the AgentConfig. Raises InvalidRequest."""
-        cfg = self.config
-        if options is None:
-            options = RunOptions(
-                method=cfg.method,
-                mode=cfg.mode,
-                max_rounds=cfg.max_rounds,
-                parallel_perception=cfg.parallel_perception,
-                max_tokens=cfg.max_tokens,
-                temperature=cfg.temperature,
-            )
-        if options.method not in METHODS:
+    def prepare(self, question: Question, options: RunOptions | None = None) -> Job:
+        """Check a request before anything runs (InvalidRequest) and resolve its options."""
+        _check_question(question)
+        if question.images and not self.models.vision.supports_images:
             raise InvalidRequest(
-                f"unknown method {options.method!r}; choose one of {', '.join(METHODS)}",
+                f"the vision model {self.models.vision.model!r} does not accept images",
+                param="images",
+            )
+        return Job(question, self._resolve(options or RunOptions()))
+
+    def _resolve(self, options: RunOptions) -> ResolvedOptions:
+        cfg = self.config
+
+        def pick(value: T | None, default: T) -> T:
+            return default if value is None else value
+
+        resolved = ResolvedOptions(
+            method=pick(options.method, cfg.method),
+            mode=pick(options.mode, cfg.mode),
+            max_rounds=pick(options.max_rounds, cfg.max_rounds),
+            parallel_perception=pick(options.parallel_perception, cfg.parallel_perception),
+            max_tokens=pick(options.max_tokens, cfg.max_tokens),
+            temperature=pick(options.temperature, cfg.temperature),
+        )
+        if resolved.method not in METHODS:
+            raise InvalidRequest(
+                f"unknown method {resolved.method!r}; choose one of {', '.join(METHODS)}",
                 param="method",
             )
-        if options.mode not in MODES:
+        if resolved.mode not in MODES:
             raise InvalidRequest(
-                f"unknown mode {options.mode!r}; choose one of {', '.join(MODES)}", param="mode"
+                f"unknown mode {resolved.mode!r}; choose one of {', '.join(MODES)}", param="mode"
             )
-        if not isinstance(options.max_rounds, int) or not 1 <= options.max_rounds <= 32:
-            raise InvalidRequest("max_rounds must be an integer from 1 to 32", param="max_rounds")
-        if options.max_tokens is not None and options.max_tokens < 1:
+        rounds = resolved.max_rounds
+        if not isinstance(rounds, int) or not 1 <= rounds <= MAX_ROUNDS:
+            raise InvalidRequest(
+                f"max_rounds must be an integer from 1 to {MAX_ROUNDS}", param="max_rounds"
+            )
+        if resolved.max_tokens < 1:
             raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
-        if options.temperature is not None and options.temperature < 0:
+        if resolved.temperature is not None and resolved.temperature < 0:
             raise InvalidRequest("temperature must be >= 0", param="temperature")
         if (
-            options.mode == "assisted"
+            resolved.mode == "assisted"
             and self.models.text is None
-            and options.method in _TEXT_METHODS
+            and resolved.method in _TEXT_METHODS
         ):
             raise InvalidRequest(
                 f"mode 'assisted' needs a text model; this deployment has only the vision model "
                 f"{self.models.vision.model!r} (use mode 'pure')",
                 param="mode",
             )
-        return replace(
-            options,
-            max_tokens=options.max_tokens or cfg.max_tokens,
-            temperature=options.temperature if options.temperature is not None else cfg.temperature,
-        )
-
-    def validate(self, question: Question, options: RunOptions | None = None) -> RunOptions:
-        """Check a request before anything runs (call it before starting a stream)."""
-        if not question.text or not question.text.strip():
-            raise InvalidRequest("the question text is empty", param="question")
-        if question.answer_format not in ANSWER_FORMATS:
-            raise InvalidRequest(
-                f"unknown answer_format {question.answer_format!r}; "
-                f"choose one of {', '.join(ANSWER_FORMATS)}",
-                param="answer_format",
-            )
-        if question.answer_format == "multiple_choice":
-            if not 2 <= len(question.options) <= _MAX_OPTIONS:
-                raise InvalidRequest(
-                    f"a multiple_choice question needs 2 to {_MAX_OPTIONS} options",
-                    param="options",
-                )
-            if any(not str(o).strip() for o in question.options):
-                raise InvalidRequest("an option is empty", param="options")
-        elif question.options:
-            raise InvalidRequest(
-                "options are given but answer_format is 'open'; use 'multiple_choice'",
-                param="answer_format",
-            )
-        if question.images and not self.models.vision.supports_images:
-            raise InvalidRequest(
-                f"the vision model {self.models.vision.model!r} does not accept images",
-                param="images",
-            )
-        return self.resolve_options(options)
+        return resolved
 
     async def run(self, question: Question, options: RunOptions | None = None) -> RunResult:
         """Answer ``question``; returns the answer with its full trace."""
         result: RunResult | None = None
-        async for event in self.stream(question, options):
+        async for event in self.stream(self.prepare(question, options)):
             if isinstance(event, RunResult):
                 result = event
         if result is None:  # stream() always ends with a RunResult or raises
             raise RuntimeError("the run ended without a result")
         return result
 
-    async def stream(
-        self, question: Question, options: RunOptions | None = None
-    ) -> AsyncIterator[Step | RunResult]:
-        """Yield each Step as its model call finishes, then exactly one RunResult."""
-        resolved = self.validate(question, options)
-        ctx = RunContext(question, resolved, self.models, self.prompts, self.config)
-        method = run_proreason(ctx) if resolved.method == "proreason" else run_baseline(ctx)
+    async def stream(self, job: Job) -> AsyncIterator[Step | RunResult]:
+        """Yield each Step of a prepared Job as its model call finishes, then one RunResult."""
+        ctx = RunContext(job, self.models, self.prompts, self.config)
+        method = run_proreason(ctx) if job.options.method == "proreason" else run_baseline(ctx)
         try:
             async for step in method:
                 yield step

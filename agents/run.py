@@ -18,7 +18,7 @@ from agents.config import AgentConfig
 from agents.memory import Fitted, Memory, clip_text, fit_lines
 from agents.parsing import extract_choice, final_answer, format_options, option_letter
 from agents.prompts import PromptSet
-from agents.types import ModelSet, Question, RunOptions, Step, StopReason
+from agents.types import Job, ModelSet, Step, StopReason
 from models.base import ModelBackend
 from models.errors import ModelError
 from models.types import GenerationRequest, ImageInput, Message, SamplingParams
@@ -37,19 +37,14 @@ class RunContext:
     """One question being answered: models, memory, the steps so far, notes and counters."""
 
     def __init__(
-        self,
-        question: Question,
-        options: RunOptions,
-        models: ModelSet,
-        prompts: PromptSet,
-        config: AgentConfig,
+        self, job: Job, models: ModelSet, prompts: PromptSet, config: AgentConfig
     ) -> None:
-        self.question = question
-        self.options = options
+        self.question = job.question
+        self.options = job.options
         self.prompts = prompts
         self.config = config
         self.vision = models.vision
-        self.text = models.for_text_roles(options.mode)
+        self.text = models.for_text_roles(self.options.mode)
         self.memory = Memory()
         self.steps: list[Step] = []
         self.notes: list[str] = []
@@ -60,7 +55,7 @@ class RunContext:
         self.stop_reason: StopReason | None = None
         self.run_id = uuid.uuid4().hex[:12]
         self.sampling = SamplingParams(
-            max_tokens=options.max_tokens or config.max_tokens, temperature=options.temperature
+            max_tokens=self.options.max_tokens, temperature=self.options.temperature
         )
         self._errors: dict[int, ModelError] = {}
         self._history: dict[int, str] = {}

@@ -8,6 +8,10 @@ from typing import Any, Literal
 from models.base import ModelBackend
 from models.types import ImageInput, Message, Usage
 
+#: the limits of a request, written once (wire schemas, settings and the Reasoner use these)
+MAX_ROUNDS = 32
+MAX_OPTIONS = 26
+
 Method = Literal["proreason", "direct", "cot", "ccot", "caption"]
 Mode = Literal["pure", "assisted"]
 AnswerFormat = Literal["open", "multiple_choice"]
@@ -32,13 +36,36 @@ class Question:
 
 @dataclass(frozen=True)
 class RunOptions:
-    method: Method = "proreason"
-    mode: Mode = "assisted"
-    max_rounds: int = 8
+    """How to answer. ``None`` means "the AgentConfig's default": ``Reasoner.prepare`` is the one
+    place that fills the gaps, so a caller sets only what it wants to change."""
+
+    method: Method | None = None
+    mode: Mode | None = None
+    max_rounds: int | None = None
     #: opt-in: the dispatcher may ask several visual sub-questions in one round (run concurrently)
-    parallel_perception: bool = False
-    max_tokens: int | None = None  # per model call; None: the agent config's default
-    temperature: float | None = None  # None: the model's default (the reference passes none)
+    parallel_perception: bool | None = None
+    max_tokens: int | None = None  # per model call
+    temperature: float | None = None  # None everywhere: the model's default (as the reference)
+
+
+@dataclass(frozen=True)
+class ResolvedOptions:
+    """RunOptions with every default filled in (made by ``Reasoner.prepare`` only)."""
+
+    method: Method
+    mode: Mode
+    max_rounds: int
+    parallel_perception: bool
+    max_tokens: int
+    temperature: float | None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated question with its resolved options: what ``Reasoner.stream`` runs."""
+
+    question: Question
+    options: ResolvedOptions
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,7 @@ async def _ask(args: argparse.Namespace) -> int:
     try:
         reasoner = Reasoner(models, settings.agent)
         result: RunResult | None = None
-        async for event in reasoner.stream(question, options):
+        async for event in reasoner.stream(reasoner.prepare(question, options)):
             if isinstance(event, RunResult):
                 result = event
             elif not args.json and not args.quiet:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agents.types import Question, RunOptions
+from agents.types import Job, Question, RunOptions
 from app.chat_schemas import ChatCompletionRequest, ChatMessage, ImageContent, TextContent
 from app.pipelines import Pipeline, resolve_pipeline
 from app.schemas import ReasonParams
@@ -40,6 +40,7 @@ class Prepared:
     timeout_s: float
     trace: bool
     media_s: float
+    job: Job | None = None
 
 
 def _timeout(settings: Settings, requested: float | None) -> float:

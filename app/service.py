@@ -120,8 +120,8 @@ class ReasoningService:
 
     def _validated(self, prepared: Prepared) -> Prepared:
         """The Reasoner's own checks (e.g. assisted mode needs a text model), before any start."""
-        options = self.reasoner.validate(prepared.question, prepared.options)
-        return replace(prepared, options=options)
+        job = self.reasoner.prepare(prepared.question, prepared.options)
+        return replace(prepared, job=job)
 
     # ----------------------------------------------------------------- running
 
@@ -177,7 +177,8 @@ class ReasoningService:
 
     async def _produce(self, prepared: Prepared, queue: asyncio.Queue) -> None:
         try:
-            stream = self.reasoner.stream(prepared.question, prepared.options)
+            assert prepared.job is not None
+            stream = self.reasoner.stream(prepared.job)
             async with aclosing(stream) as events:
                 async for event in events:
                     queue.put_nowait(event)

@@ -215,7 +215,7 @@ async def test_final_answer_model_error_propagates(
     vision.counts.clear()
     text.counts.clear()
     with pytest.raises(ModelError):
-        async for event in reasoner.stream(question):
+        async for event in reasoner.stream(reasoner.prepare(question)):
             assert isinstance(event, Step)
             seen.append(event)
     assert seen[-1].role == role
@@ -247,7 +247,9 @@ async def test_dispatcher_and_referee_errors_spend_the_round(
 async def test_stream_yields_each_step_then_one_result(make_reasoner, image: ImageInput) -> None:
     text = FakeModel("llm", script={"referee": referee_solves_at(2)})
     reasoner = make_reasoner(FakeModel("lvlm"), text)
-    events = [e async for e in reasoner.stream(Question("How many?", images=(image,)))]
+    events = [
+        e async for e in reasoner.stream(reasoner.prepare(Question("How many?", images=(image,))))
+    ]
 
     assert all(isinstance(e, Step) for e in events[:-1])
     result = events[-1]
@@ -263,7 +265,8 @@ async def test_stream_yields_each_step_then_one_result(make_reasoner, image: Ima
 async def test_stream_yields_steps_as_they_finish(make_reasoner, image: ImageInput) -> None:
     vision = FakeModel("lvlm")
     text = FakeModel("llm")
-    stream = make_reasoner(vision, text).stream(Question("How many?", images=(image,)))
+    reasoner = make_reasoner(vision, text)
+    stream = reasoner.stream(reasoner.prepare(Question("How many?", images=(image,))))
     first = await anext(stream)
     assert isinstance(first, Step) and first.role == "dispatcher"
     assert len(text.calls) == 1 and vision.calls == []  # nothing ran ahead of the consumer
@@ -343,9 +346,10 @@ async def test_steps_are_complete_when_streamed(
     reasoner = make_reasoner(FakeModel("lvlm"), text)
     snapshots: list[Step] = []
     result = None
-    async for event in reasoner.stream(
+    job = reasoner.prepare(
         Question("How many?", images=(image,)), RunOptions(parallel_perception=parallel)
-    ):
+    )
+    async for event in reasoner.stream(job):
         if isinstance(event, Step):
             snapshots.append(copy.deepcopy(event))
         else:

@@ -91,12 +91,11 @@ async def test_parallel_steps_stream_as_they_finish(make_reasoner, image: ImageI
 
     vision = Staggered("lvlm", script={"vision": echo})
     text = FakeModel("llm", script={"dispatcher": PARALLEL})
-    events = [
-        e
-        async for e in make_reasoner(vision, text).stream(
-            Question("Describe.", images=(image,)), RunOptions(parallel_perception=True)
-        )
-    ]
+    reasoner = make_reasoner(vision, text)
+    job = reasoner.prepare(
+        Question("Describe.", images=(image,)), RunOptions(parallel_perception=True)
+    )
+    events = [e async for e in reasoner.stream(job)]
     streamed = [e.sub_question for e in events if isinstance(e, Step) and e.role == "vision"]
     assert streamed[-1] == QUESTIONS[0]  # yielded when it finished, after the faster ones
     assert sorted(streamed) == sorted(QUESTIONS)

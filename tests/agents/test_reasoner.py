@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from agents import AgentConfig, ModelSet, PromptError, Question, Reasoner, RunOptions
+from agents.types import ResolvedOptions
 from models.errors import InvalidRequest
 from models.types import ImageInput
 from tests.agents.conftest import FakeModel
@@ -23,9 +24,10 @@ from tests.agents.conftest import FakeModel
         (dict(text="Q?"), RunOptions(max_rounds=99), "max_rounds"),
         (dict(text="Q?"), RunOptions(max_tokens=0), "max_tokens"),
         (dict(text="Q?"), RunOptions(temperature=-1), "temperature"),
-        (dict(text="Q?", answer_format="multiple_choice", options=("only",)), None, "2 to 26"),
+        (dict(text="Q?", answer_format="multiple_choice", options=("only",)), None, "at least 2"),
         (dict(text="Q?", answer_format="multiple_choice", options=("a", " ")), None, "empty"),
-        (dict(text="Q?", options=("a", "b")), None, "answer_format is 'open'"),
+        (dict(text="Q?", answer_format="multiple_choice", options=("a",) * 27), None, "at most"),
+        (dict(text="Q?", options=("a", "b")), None, "only allowed with answer_format"),
         (dict(text="Q?", answer_format="essay"), None, "answer_format"),
     ],
 )
@@ -37,7 +39,7 @@ async def test_invalid_requests_fail_before_any_call(
     with pytest.raises(InvalidRequest, match=match):
         await reasoner.run(Question(**question), options)
     with pytest.raises(InvalidRequest, match=match):
-        reasoner.validate(Question(**question), options)
+        reasoner.prepare(Question(**question), options)
     assert vision.calls == [] and text.calls == []
 
 
@@ -72,12 +74,13 @@ def test_resolve_options_fills_defaults_from_the_config(make_reasoner) -> None:
         method="cot", mode="pure", max_rounds=3, parallel_perception=True, max_tokens=99,
         temperature=0.2,
     )  # fmt: skip
-    assert reasoner.resolve_options(None) == RunOptions(
+    assert reasoner.prepare(Question("Q?")).options == ResolvedOptions(
         method="cot", mode="pure", max_rounds=3, parallel_perception=True, max_tokens=99,
         temperature=0.2,
     )  # fmt: skip
-    explicit = reasoner.resolve_options(RunOptions(max_tokens=5, temperature=0.0))
-    assert (explicit.max_tokens, explicit.temperature, explicit.method) == (5, 0.0, "proreason")
+    explicit = reasoner.prepare(Question("Q?"), RunOptions(max_tokens=5, temperature=0.0)).options
+    assert (explicit.max_tokens, explicit.temperature, explicit.method) == (5, 0.0, "cot")
+    assert explicit.parallel_perception is True  # unset fields keep the config's value
 
 
 def test_bad_prompts_dir_fails_at_construction(tmp_path) -> None:
