@@ -106,9 +106,10 @@ class Reasoner:
                 f"the vision model {self.models.vision.model!r} does not accept images",
                 param="images",
             )
-        return Job(question, self._resolve(options or RunOptions()))
+        return Job(question, self.resolve(options or RunOptions()))
 
-    def _resolve(self, options: RunOptions) -> ResolvedOptions:
+    def resolve(self, options: RunOptions) -> ResolvedOptions:
+        """``options`` with every gap filled from the AgentConfig. Raises InvalidRequest."""
         cfg = self.config
 
         def pick(value: T | None, default: T) -> T:

@@ -145,7 +145,7 @@ def _run_options(args: argparse.Namespace, settings: Any, method: str | None) ->
 
 async def _open_healthy(settings: Any):  # -> ModelSet
     """Open the models and fail in one line, before any work, if one cannot answer."""
-    from app.runtime import close_models, open_models
+    from app.backends import close_models, open_models
 
     models = await open_models(settings.models)
     configs = {"vision": settings.models.vision, "text": settings.models.text}
@@ -162,7 +162,7 @@ async def _open_healthy(settings: Any):  # -> ModelSet
 
 async def _ask(args: argparse.Namespace) -> int:
     from agents import Question, Reasoner, RunResult
-    from app.runtime import close_models
+    from app.backends import close_models
 
     settings = _load_settings(args)
     images = await _load_cli_images(settings, args.image)
@@ -204,29 +204,31 @@ async def _ask(args: argparse.Namespace) -> int:
 
 async def _eval(args: argparse.Namespace) -> int:
     from agents import Reasoner
-    from app.media import MediaLoader
-    from app.runtime import close_models
+    from app.backends import close_models
     from evals.datasets import load_dataset
     from evals.runner import evaluate, format_reports, write_outputs
+    from models.images import ImageDecoder
 
     settings = _load_settings(args)
     items = load_dataset(args.dataset, split=args.split, limit=args.limit, seed=args.seed)
     if not items:
         raise CLIError(f"dataset {args.dataset!r} has no items")
     models = await _open_healthy(settings)
-    loader = MediaLoader(settings.media)
+    m = settings.media
+    decoder = ImageDecoder(
+        max_bytes=m.max_image_bytes, max_pixels=m.max_pixels, max_side=m.max_side
+    )
     reports, records = [], {}
     try:
         reasoner = Reasoner(models, settings.agent)
         for method in args.method or [settings.agent.method]:
             options = _run_options(args, settings, method)
             report, records[method] = await evaluate(
-                reasoner, items, options, loader, concurrency=args.concurrency
+                reasoner, items, options, decoder, concurrency=args.concurrency
             )
             reports.append(report)
             print(format_reports([report]).splitlines()[-1], file=sys.stderr, flush=True)
     finally:
-        await loader.aclose()
         await close_models(models)
     print(format_reports(reports))
     if args.out:

@@ -8,10 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.errors import ServiceStarting, Unauthorized
+from app.media import MediaLoader
 from app.metrics import Metrics
-from app.service import ReasoningService
+from app.runner import Runner
 from app.settings import Settings
-from models.errors import ModelUnavailable, Unauthorized
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -27,21 +28,24 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_service(request: Request) -> ReasoningService:
-    service: ReasoningService | None = getattr(request.app.state, "service", None)
-    if service is None:  # only before the lifespan finished starting
-        raise ModelUnavailable("the service is starting; retry shortly")
-    return service
+def get_runner(request: Request) -> Runner:
+    runner: Runner | None = getattr(request.app.state, "runner", None)
+    if runner is None:  # only before the lifespan finished starting
+        raise ServiceStarting("the service is starting; retry shortly")
+    return runner
 
 
-def get_request_id(request: Request) -> str:
-    return request.state.request_id
+def get_media(request: Request) -> MediaLoader:
+    media: MediaLoader | None = getattr(request.app.state, "media", None)
+    if media is None:
+        raise ServiceStarting("the service is starting; retry shortly")
+    return media
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-ServiceDep = Annotated[ReasoningService, Depends(get_service)]
-RequestId = Annotated[str, Depends(get_request_id)]
+RunnerDep = Annotated[Runner, Depends(get_runner)]
+MediaDep = Annotated[MediaLoader, Depends(get_media)]
 
 
 def key_matches(token: str, keys: list[str]) -> bool:

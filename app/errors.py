@@ -1,20 +1,22 @@
-"""The one mapping from errors to HTTP: status code, OpenAI error envelope, and its streaming twin.
+"""The edge's own errors and the one mapping from every error to HTTP: status code, OpenAI error
+envelope, and its streaming twin.
 
-    models.errors                     status  error.type              error.code
-    InvalidRequest                    400     invalid_request_error   invalid_request / <its code>
-    ├── MediaError                    400     invalid_request_error   invalid_image
-    ├── PayloadTooLarge (here)        413     invalid_request_error   request_too_large
-    └── NotFound                      404     invalid_request_error   not_found / model_not_found
-    Unauthorized                      401     authentication_error    unauthorized
-    Overloaded                        429     rate_limit_error        overloaded  (+ Retry-After)
-    DeadlineExceeded                  504     timeout_error           deadline_exceeded (+ steps)
-    ModelRejected                     502     upstream_error          model_rejected
-      ... the request is too long     400     invalid_request_error   context_length_exceeded
-    ModelUnavailable / ModelLoadError 503     upstream_error          model_unavailable / ...
-    ModelTimeout                      504     upstream_error          model_timeout
-    request validation (pydantic)     400     invalid_request_error   invalid_value / json_invalid
-    anything else                     500     server_error            internal_error (logged)
-    ClientClosedRequest (here)        499     (nobody is listening; for logs and metrics)
+    error (models.errors or "here")  status  error.type              error.code
+    InvalidRequest                   400     invalid_request_error   invalid_request / <its code>
+    ├── MediaError                   400     invalid_request_error   invalid_image
+    ├── PayloadTooLarge (here)       413     invalid_request_error   request_too_large
+    └── NotFound                     404     invalid_request_error   not_found / model_not_found
+    Unauthorized (here)              401     authentication_error    unauthorized
+    Overloaded (here)                429     rate_limit_error        overloaded  (+ Retry-After)
+    DeadlineExceeded (here)          504     timeout_error           deadline_exceeded (+ steps)
+    ServiceStarting (here)           503     upstream_error          model_unavailable
+    ModelRejected                    502     upstream_error          model_rejected
+      ... the request is too long    400     invalid_request_error   context_length_exceeded
+    ModelUnavailable, ModelLoadError 503     upstream_error          model_unavailable / ...
+    ModelTimeout                     504     upstream_error          model_timeout
+    request validation (pydantic)    400     invalid_request_error   invalid_value / json_invalid
+    anything else                    500     server_error            internal_error (logged)
+    ClientClosedRequest (here)       499     (nobody is listening; for logs and metrics)
 
 An upstream that refuses a request we built is our problem or the upstream's (502), unless the
 refusal is about the size of what the client sent (context length exceeded): then it is a 400.
@@ -37,9 +39,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agents.types import Step
 from app.schemas import StepOut
 from models.errors import (
-    DeadlineExceeded,
     InvalidRequest,
     ModelError,
     ModelLoadError,
@@ -47,9 +49,7 @@ from models.errors import (
     ModelTimeout,
     ModelUnavailable,
     NotFound,
-    Overloaded,
     ProReasonError,
-    Unauthorized,
 )
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,41 @@ _CONTEXT_TOO_LONG = re.compile(
     r"max_model_len|too many images|longer than the model",
     re.IGNORECASE,
 )
+
+
+# --------------------------------------------------------------------------- the edge's errors
+
+
+class Unauthorized(ProReasonError):
+    """Missing or wrong API key."""
+
+    code = "unauthorized"
+
+
+class Overloaded(ProReasonError):
+    """Too many questions in flight; retry after ``retry_after_s``."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(ProReasonError):
+    """The request ran out of time; ``steps`` are the model calls done before."""
+
+    code = "deadline_exceeded"
+
+    def __init__(self, message: str, *, steps: Sequence[Step] = ()) -> None:
+        super().__init__(message)
+        self.steps = list(steps)
+
+
+class ServiceStarting(ProReasonError):
+    """A request arrived before the models were opened."""
+
+    code = "model_unavailable"
 
 
 class PayloadTooLarge(InvalidRequest):
@@ -128,9 +163,8 @@ def _describe_own(exc: ProReasonError) -> ErrorInfo:
         return ErrorInfo(429, "rate_limit_error", exc.code, msg, param, {"Retry-After": retry})
     if isinstance(exc, DeadlineExceeded):
         info = ErrorInfo(504, "timeout_error", exc.code, msg, param)
-        if isinstance(exc.partial, list):  # the Steps done before the deadline
-            steps = [StepOut.model_validate(s, from_attributes=True) for s in exc.partial]
-            info.extra["steps"] = [s.model_dump(mode="json") for s in steps]
+        steps = [StepOut.model_validate(s, from_attributes=True) for s in exc.steps]
+        info.extra["steps"] = [s.model_dump(mode="json") for s in steps]
         return info
     if isinstance(exc, ModelRejected):
         if exc.status_code == 413 or _CONTEXT_TOO_LONG.search(msg):
@@ -139,7 +173,7 @@ def _describe_own(exc: ProReasonError) -> ErrorInfo:
         return ErrorInfo(502, "upstream_error", exc.code, f"the model refused: {msg}", param)
     if isinstance(exc, ModelTimeout):
         return ErrorInfo(504, "upstream_error", exc.code, msg, param)
-    if isinstance(exc, ModelUnavailable | ModelLoadError):
+    if isinstance(exc, ModelUnavailable | ModelLoadError | ServiceStarting):
         return ErrorInfo(503, "upstream_error", exc.code, msg, param, {"Retry-After": "5"})
     if isinstance(exc, ModelError):
         return ErrorInfo(502, "upstream_error", exc.code, msg, param)

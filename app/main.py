@@ -17,14 +17,16 @@ import uvicorn
 from fastapi import FastAPI
 
 from agents.types import ModelSet
+from app import ops
+from app.backends import close_models, open_models
+from app.chat.route import router as chat_router
 from app.errors import install_error_handlers
 from app.logs import configure_logging
 from app.media import MediaLoader
 from app.metrics import Metrics
 from app.middleware import EdgeMiddleware
-from app.routes import chat, ops, reason
-from app.runtime import close_models, open_models
-from app.service import ReasoningService
+from app.reason.route import router as reason_router
+from app.runner import Runner
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,14 +59,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         model_set = models if models is not None else await open_models(settings.models)
         media = MediaLoader(settings.media, client=media_client)
-        app.state.service = ReasoningService(
-            settings=settings, models=model_set, media=media, metrics=metrics
-        )
+        app.state.media = media
+        app.state.runner = Runner(settings=settings, models=model_set, metrics=metrics)
         log.info("service ready", extra={"profile": settings.profile})
         try:
             yield
         finally:
-            app.state.service = None
+            app.state.runner = app.state.media = None
             try:
                 await media.aclose()
             finally:
@@ -79,13 +80,13 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.service = None
+    app.state.runner = app.state.media = None
     install_error_handlers(app)
     app.add_middleware(
         EdgeMiddleware, max_body_bytes=settings.server.max_body_bytes, metrics=metrics
     )
-    app.include_router(reason.router)
-    app.include_router(chat.router)
+    app.include_router(reason_router)
+    app.include_router(chat_router)
     app.include_router(ops.router)
     return app
 

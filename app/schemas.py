@@ -1,18 +1,17 @@
-"""Wire schemas of ``/v1/reason``, the operations endpoints and the error envelope.
+"""Wire schemas every endpoint family shares: usage, a model call (step), the error envelope.
 
-Protocol types only: no logic. ``app.convert`` turns requests into ``agents`` types once;
-``app.render`` turns results into these responses.
+Protocol types only, no logic. Each family (``app.chat``, ``app.reason``) has its own schemas next
+to its route; these are the parts they have in common.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict
 
-from agents.types import AnswerFormat, Method, Mode
-
-# --------------------------------------------------------------------------- shared parts
+from agents.types import Step
+from models.types import Usage
 
 
 class UsageOut(BaseModel):
@@ -78,132 +77,14 @@ class ErrorResponse(BaseModel):
     )
 
 
-# --------------------------------------------------------------------------- /v1/reason
-
-QUESTION_MAX_CHARS = 32_000
-
-
-def check_choices(answer_format: str, options: list[str] | None) -> None:
-    """multiple_choice needs >= 2 non-empty options; open questions take none (ValueError)."""
-    if answer_format == "multiple_choice":
-        if not options or len(options) < 2:
-            raise ValueError("answer_format 'multiple_choice' needs at least 2 'options'")
-        if any(not o.strip() for o in options):
-            raise ValueError("'options' must not contain empty strings")
-    elif options:
-        raise ValueError("'options' are only allowed with answer_format 'multiple_choice'")
-
-
-class ReasonParams(BaseModel):
-    """The run settings shared by the JSON and the multipart variant."""
-
-    method: Method | None = Field(None, description="default: the server's agent.method")
-    mode: Mode | None = Field(None, description="default: the server's agent.mode")
-    max_rounds: int | None = Field(None, ge=1, le=32, description="default: agent.max_rounds")
-    answer_format: AnswerFormat = "open"
-    options: list[str] | None = Field(
-        None, max_length=26, description="the choices of a multiple_choice question"
-    )
-    trace: bool = Field(False, description="include every model call (steps) in the response")
-    parallel_perception: bool | None = Field(
-        None, description="let the dispatcher ask several visual sub-questions at once"
-    )
-    stream: bool = Field(False, description="answer as server-sent events, one per model call")
-    max_tokens: int | None = Field(None, ge=1, le=65_536, description="per model call")
-    temperature: float | None = Field(None, ge=0, le=2)
-    timeout_s: float | None = Field(
-        None, gt=0, description="lower the server's request deadline for this request"
-    )
-
-    @model_validator(mode="after")
-    def _check_options(self) -> ReasonParams:
-        check_choices(self.answer_format, self.options)
-        return self
-
-
-class ReasonRequest(ReasonParams):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "question": "Is the red square left of the blue circle?",
-                    "images": ["https://example.com/shapes.png"],
-                    "method": "proreason",
-                    "mode": "assisted",
-                    "max_rounds": 8,
-                    "trace": True,
-                },
-                {
-                    "question": "Which shape is red?",
-                    "images": ["data:image/png;base64,iVBORw0KGgo..."],
-                    "answer_format": "multiple_choice",
-                    "options": ["circle", "square", "triangle"],
-                    "stream": True,
-                },
-            ]
-        },
-    )
-
-    question: str = Field(min_length=1, max_length=QUESTION_MAX_CHARS)
-    images: list[str] = Field(
-        default_factory=list,
-        max_length=64,
-        description="http(s) or data: URLs (the server's media.max_images applies)",
+def usage_out(usage: Usage) -> UsageOut:
+    return UsageOut(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        image_tokens=usage.image_tokens,
     )
 
 
-class Timings(BaseModel):
-    total_s: float = Field(description="wall time of the request in the service")
-    media_s: float = Field(description="fetching and decoding the images")
-    reasoning_s: float = Field(description="the reasoning run")
-    by_role_s: dict[str, float] = Field(description="model time per role (summed)")
-
-
-class ReasonResponse(BaseModel):
-    id: str
-    object: Literal["proreason.result"] = "proreason.result"
-    created: int
-    answer: str
-    #: False: a multiple-choice answer could not be matched to an option (raw answer returned)
-    answer_extracted: bool = True
-    method: Method
-    mode: Mode
-    stop_reason: str
-    rounds: int
-    parse_failures: int
-    usage: UsageOut
-    usage_by_role: dict[str, UsageOut]
-    timings: Timings
-    notes: list[str] = Field(default_factory=list)
-    trace: list[StepOut] | None = Field(None, description="the model calls, when trace=true")
-
-
-# --------------------------------------------------------------------------- operations
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "proreason"
-    #: what the pipeline runs (extension)
-    method: Method
-    mode: Mode
-    parallel_perception: bool = False
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class Health(BaseModel):
-    status: Literal["ok"] = "ok"
-
-
-class Readiness(BaseModel):
-    status: Literal["ready", "unavailable"]
-    #: role -> healthy
-    backends: dict[str, bool]
-    failed: list[str] = Field(default_factory=list)
+def step_out(step: Step) -> StepOut:
+    return StepOut.model_validate(step, from_attributes=True)

@@ -25,6 +25,7 @@ from pydantic_settings import (
 
 from agents.config import AgentConfig
 from models.config import BackendConfig
+from models.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 
 ENV_PREFIX = "PROREASON_"
 _PROJECT_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -88,11 +89,11 @@ class ServerConfig(BaseModel):
 class MediaConfig(BaseModel):
     max_images: int = Field(8, ge=1)
     #: largest encoded image (downloaded or data URL), bytes
-    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1024)
     #: largest decoded image, pixels (checked from the header, before decoding)
-    max_pixels: int = Field(40_000_000, ge=1)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     #: images are downscaled so their longest side is at most this
-    max_side: int = Field(1536, ge=16)
+    max_side: int = Field(DEFAULT_MAX_SIDE, ge=16)
     fetch_timeout_s: float = Field(10.0, gt=0)
     max_redirects: int = Field(3, ge=0)
     #: hosts (exact names or IPs/CIDRs) that may be fetched even when private / loopback

@@ -1,7 +1,9 @@
-"""Server-sent event responses that stop work when the client leaves and always clean up."""
+"""Server-sent events: the response that stops work when the client leaves and always cleans up,
+and the two small formatters every stream uses."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 
 import anyio
@@ -9,6 +11,13 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+#: an SSE comment: ignored by clients, keeps proxies from closing an idle stream
+KEEP_ALIVE = ": keep-alive\n\n"
+
+
+def sse(event: str, data: object) -> str:
+    """One named event with a JSON payload."""
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 class EventStream(StreamingResponse):

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agents import Question, Reasoner, RunOptions
-from app.media import MediaLoader
+from agents.types import ResolvedOptions
 from evals.datasets import EvalItem
 from evals.scoring import Verdict, score_choice, score_open
 from models.errors import ModelError
+from models.images import ImageDecoder
 
 
 @dataclass
@@ -63,11 +64,11 @@ class MethodReport:
     wall_time_s: float = 0.0
 
 
-async def _question(item: EvalItem, loader: MediaLoader) -> Question:
+async def _question(item: EvalItem, decoder: ImageDecoder) -> Question:
     images = []
     for path in item.image_paths:
         data = await asyncio.to_thread(path.read_bytes)
-        images.append(await loader.load_bytes(data, source=str(path)))
+        images.append(await decoder.decode(data, source=str(path)))
     return Question(
         text=item.question,
         images=tuple(images),
@@ -77,15 +78,15 @@ async def _question(item: EvalItem, loader: MediaLoader) -> Question:
 
 
 async def _one(
-    reasoner: Reasoner, item: EvalItem, options: RunOptions, loader: MediaLoader
+    reasoner: Reasoner, item: EvalItem, options: RunOptions, method: str, decoder: ImageDecoder
 ) -> ItemRecord:
-    question = await _question(item, loader)
+    question = await _question(item, decoder)
     started = time.perf_counter()
     try:
         result = await reasoner.run(question, options)
     except ModelError as exc:  # recorded, never a crash of the whole evaluation
         return ItemRecord(
-            item.id, options.method, item.question, item.answer, None, "error", None, 0, 0, 0,
+            item.id, method, item.question, item.answer, None, "error", None, 0, 0, 0,
             0, 0, None, time.perf_counter() - started, error=exc.message,
         )  # fmt: skip
     if item.options:
@@ -94,7 +95,7 @@ async def _one(
         verdict = score_open(result.answer, item.answer)
     return ItemRecord(
         id=item.id,
-        method=options.method,
+        method=method,
         question=item.question,
         reference=item.answer,
         prediction=result.answer,
@@ -110,7 +111,9 @@ async def _one(
     )
 
 
-def summarize(records: list[ItemRecord], options: RunOptions, wall_time_s: float) -> MethodReport:
+def summarize(
+    records: list[ItemRecord], options: ResolvedOptions, wall_time_s: float
+) -> MethodReport:
     n = len(records)
     verdicts = Counter(r.verdict for r in records)
     stops = Counter(r.stop_reason for r in records if r.stop_reason)
@@ -147,21 +150,22 @@ async def evaluate(
     reasoner: Reasoner,
     items: list[EvalItem],
     options: RunOptions,
-    loader: MediaLoader,
+    decoder: ImageDecoder,
     *,
     concurrency: int = 8,
 ) -> tuple[MethodReport, list[ItemRecord]]:
     """Answer every item with one method, ``concurrency`` questions in flight."""
     gate = asyncio.Semaphore(concurrency)
+    resolved = reasoner.resolve(options)  # the method and mode the report names
 
     async def guarded(item: EvalItem) -> ItemRecord:
         async with gate:
-            return await _one(reasoner, item, options, loader)
+            return await _one(reasoner, item, options, resolved.method, decoder)
 
     started = time.perf_counter()
     records = await asyncio.gather(*(guarded(item) for item in items))
     wall = time.perf_counter() - started
-    return summarize(list(records), options, wall), list(records)
+    return summarize(list(records), resolved, wall), list(records)
 
 
 def format_reports(reports: list[MethodReport]) -> str:

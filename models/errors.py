@@ -1,21 +1,19 @@
-"""The one error hierarchy of the project.
+"""The errors of the model layer and the agents (the base of the project's one hierarchy).
 
     ProReasonError                 base; carries a short machine-readable ``code``
     ├── InvalidRequest             the caller asked for something malformed or impossible   (4xx)
     │   ├── MediaError             an image that cannot be accepted (format, size, SSRF ...)
     │   └── NotFound               unknown model / pipeline / route target
-    ├── Overloaded                 too many requests in flight; retry later                 (429)
-    ├── Unauthorized               missing or wrong API key                                 (401)
-    ├── DeadlineExceeded           the request ran out of time                              (504)
     └── ModelError                 a model backend failed                                   (5xx)
         ├── ModelUnavailable       cannot reach / load the model (connection, 5xx after retries)
         ├── ModelTimeout           the model did not answer in time
         ├── ModelRejected          the model server refused this request (its 4xx)
         └── ModelLoadError         weights/config cannot be loaded (bad id, missing extra)
 
+Errors only the HTTP edge raises (API keys, backpressure, deadlines, start-up) live in
+``app.errors``, which is also the only place that maps every error to an HTTP status and body.
 Model *output* problems (unparseable JSON, unknown expert) are not errors: the agents record them
 on the trace and go on. Errors here are for things that stop a request.
-``app.errors`` is the only place that maps these to HTTP status codes and bodies.
 """
 
 from __future__ import annotations
@@ -40,26 +38,6 @@ class MediaError(InvalidRequest):
 
 class NotFound(InvalidRequest):
     code = "not_found"
-
-
-class Unauthorized(ProReasonError):
-    code = "unauthorized"
-
-
-class Overloaded(ProReasonError):
-    code = "overloaded"
-
-    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class DeadlineExceeded(ProReasonError):
-    code = "deadline_exceeded"
-
-    def __init__(self, message: str, *, partial: object | None = None) -> None:
-        super().__init__(message)
-        self.partial = partial  # e.g. the agent steps done before the deadline
 
 
 class ModelError(ProReasonError):

@@ -18,13 +18,13 @@ from fastapi.testclient import TestClient
 from openai import OpenAI
 
 from agents.types import ModelSet
+from app.errors import Overloaded
 from app.main import create_app
 from models.errors import (
     ModelLoadError,
     ModelRejected,
     ModelTimeout,
     ModelUnavailable,
-    Overloaded,
     ProReasonError,
 )
 from tests.app.conftest import ScriptedModel, make_settings, parse_sse, png_data_url
@@ -143,7 +143,7 @@ BAD_INPUTS: list[tuple[str, str, dict[str, Any], int, str, str | None]] = [
     ("chat bad image", "/v1/chat/completions", {"json": chat(user(TEXT, img("data:image/png;base64,AAAA")))}, 400, "image", "messages[0].content[1].image_url"),
     ("chat ssrf", "/v1/chat/completions", {"json": chat(user(img("http://169.254.169.254/x"), TEXT))}, 400, "image", "messages[0].content[0].image_url"),
     ("tool role", "/v1/chat/completions", {"json": chat({"role": "tool", "content": "x"}, user(TEXT))}, 400, "role", "messages[0].role"),
-    ("chat mc without options", "/v1/chat/completions", {"json": chat(user(TEXT), proreason={"answer_format": "multiple_choice"})}, 400, "options", "proreason"),
+    ("chat mc without options", "/v1/chat/completions", {"json": chat(user(TEXT), proreason={"answer_format": "multiple_choice"})}, 400, "options", "proreason.options"),
     ("json_schema response_format", "/v1/chat/completions", {"json": chat(user(TEXT), response_format={"type": "json_schema"})}, 400, "response_format", "response_format"),
     ("upload non-image", "/v1/reason/upload", {"data": {"question": "What?"}, "files": [("files", ("a.png", b"not an image at all", "image/png"))]}, 400, "image", "files[0]"),
     ("upload without question", "/v1/reason/upload", {"data": {"method": "direct"}}, 400, "question", "question"),

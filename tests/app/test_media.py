@@ -31,9 +31,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from app.media import ImageRefused, MediaLoader
+from app.media import MediaLoader
 from app.settings import MediaConfig
 from models.errors import MediaError
+from models.images import ImageRefused
 from models.types import ImageInput
 
 RED = (255, 0, 0)

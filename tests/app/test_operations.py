@@ -366,15 +366,15 @@ async def test_client_disconnect_cancels_the_model_call(
     disconnect.set()
     await call
     assert text.calls[0].cancelled and not text.calls[0].done
-    service = gated.app.state.service
-    assert service.admission.in_flight == 0  # the slot was released
+    runner = gated.app.state.runner
+    assert runner.admission.in_flight == 0  # the slot was released
 
 
 # --------------------------------------------------------------------------- keep-alive
 
 
 async def test_idle_streams_get_keep_alive_comments(gated: Gated, text: ScriptedModel) -> None:
-    gated.app.state.service.heartbeat_s = 0.05
+    gated.app.state.runner.heartbeat_s = 0.05
     text.gate = None
     text.delay_s["answer"] = 0.3
     async with http(gated.asgi) as client:

@@ -7,17 +7,46 @@ key when keys are configured (Prometheus: ``authorization: {credentials: <key>}`
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-from app.deps import Authorized, MetricsDep, ServiceDep, SettingsDep
+from agents.types import Method, Mode
+from app.deps import Authorized, MetricsDep, RunnerDep, SettingsDep
+from app.openapi import error_responses
 from app.pipelines import pipelines
-from app.routes.docs import error_responses
-from app.schemas import Health, ModelCard, ModelList, Readiness
 
 router = APIRouter(tags=["operations"])
 _STARTED = int(time.time())
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "proreason"
+    #: what the pipeline runs (extension)
+    method: Method
+    mode: Mode
+    parallel_perception: bool = False
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    #: role -> healthy
+    backends: dict[str, bool]
+    failed: list[str] = Field(default_factory=list)
 
 
 @router.get("/health", response_model=Health, summary="Liveness (always open, no model calls)")
@@ -31,8 +60,8 @@ async def health() -> Health:
     responses={503: {"model": Readiness, "description": "a backend is not healthy"}},
     summary="Readiness: every model backend healthy",
 )
-async def ready(service: ServiceDep) -> JSONResponse:
-    backends = await service.readiness()
+async def ready(runner: RunnerDep) -> JSONResponse:
+    backends = await runner.readiness()
     failed = [role for role, ok in backends.items() if not ok]
     body = Readiness(status="unavailable" if failed else "ready", backends=backends, failed=failed)
     return JSONResponse(body.model_dump(), status_code=503 if failed else 200)

@@ -1,7 +1,8 @@
 """Wire schemas of the OpenAI-compatible ``/v1/chat/completions`` (request, response, chunks).
 
 Unknown request fields are ignored (OpenAI clients send many); fields we cannot honour with a
-different meaning (``n > 1``, tools, non-text ``response_format``) are rejected by ``app.convert``.
+different meaning (``n > 1``, tools, non-text ``response_format``) are rejected by
+``app.chat.prepare``.
 The ``proreason`` member is our extension (``extra_body={"proreason": {...}}`` in the SDK).
 """
 
@@ -9,10 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from agents.types import AnswerFormat
-from app.schemas import StepOut, check_choices
+from agents.types import MAX_OPTIONS, MAX_ROUNDS, AnswerFormat
+from app.schemas import StepOut
 
 # --------------------------------------------------------------------------- request
 
@@ -53,18 +54,13 @@ class ProReasonExtension(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     trace: bool = Field(False, description="add a `proreason` member with the steps")
-    max_rounds: int | None = Field(None, ge=1, le=32)
+    max_rounds: int | None = Field(None, ge=1, le=MAX_ROUNDS)
     answer_format: AnswerFormat = "open"
-    options: list[str] | None = Field(None, max_length=26)
+    options: list[str] | None = Field(None, max_length=MAX_OPTIONS)
     timeout_s: float | None = Field(None, gt=0)
     #: where streamed agent steps go: the delta field vLLM uses for reasoning text, the older
     #: DeepSeek name, or nowhere
     step_field: Literal["reasoning", "reasoning_content", "none"] = "reasoning"
-
-    @model_validator(mode="after")
-    def _check_options(self) -> ProReasonExtension:
-        check_choices(self.answer_format, self.options)
-        return self
 
 
 class ChatCompletionRequest(BaseModel):

@@ -1,16 +1,17 @@
-"""Results -> wire responses: ``/v1/reason`` bodies and events, chat completions and chunks."""
+"""Results -> chat completions, and runner events -> ``chat.completion.chunk`` SSE lines."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
+from collections.abc import AsyncIterator
 
 from agents.types import RunResult, Step
-from app.chat_schemas import (
+from app.chat.schemas import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
+    ChatCompletionRequest,
     ChatUsage,
     Choice,
     ChunkChoice,
@@ -18,46 +19,11 @@ from app.chat_schemas import (
     PromptTokensDetails,
     ProReasonInfo,
 )
-from app.convert import Prepared
-from app.schemas import ReasonResponse, StepOut, Timings, UsageOut
+from app.errors import describe, log_failure, sse_error
+from app.runner import Event, Heartbeat
+from app.schemas import step_out
+from app.sse import KEEP_ALIVE
 from models.types import Usage
-
-#: Step role -> SSE event type of /v1/reason streams
-_EVENT_TYPES = {
-    "dispatcher": "dispatch",
-    "vision": "vision",
-    "insight": "insight",
-    "referee": "verdict",
-    "summarizer": "answer",
-    "fallback": "fallback",
-    "direct": "answer",
-    "cot": "answer",
-    "ccot_answer": "answer",
-    "caption_answer": "answer",
-    "scene_graph": "perception",
-    "caption": "perception",
-}
-
-
-def event_type(step: Step) -> str:
-    return _EVENT_TYPES.get(step.role, step.role if step.role.isidentifier() else "step")
-
-
-def usage_out(usage: Usage) -> UsageOut:
-    return UsageOut(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-        image_tokens=usage.image_tokens,
-    )
-
-
-def step_out(step: Step) -> StepOut:
-    return StepOut.model_validate(step, from_attributes=True)
-
-
-def steps_json(steps: list[Step]) -> list[dict[str, object]]:
-    return [step_out(s).model_dump(mode="json") for s in steps]
 
 
 def _clip(text: str, width: int = 300) -> str:
@@ -85,44 +51,6 @@ def step_line(step: Step) -> str:
     return f"{head}: {_clip(text)}\n"
 
 
-# --------------------------------------------------------------------------- /v1/reason
-
-
-def reason_response(
-    request_id: str, result: RunResult, prepared: Prepared, total_s: float
-) -> ReasonResponse:
-    by_role: dict[str, float] = defaultdict(float)
-    for step in result.steps:
-        by_role[step.role] += step.latency_s
-    return ReasonResponse(
-        id=f"reason-{request_id}",
-        created=int(time.time()),
-        answer=result.answer,
-        answer_extracted=getattr(result, "answer_extracted", True),
-        method=result.method,
-        mode=result.mode,
-        stop_reason=result.stop_reason,
-        rounds=result.rounds,
-        parse_failures=result.parse_failures,
-        usage=usage_out(result.usage),
-        usage_by_role={role: usage_out(u) for role, u in result.usage_by_role.items()},
-        timings=Timings(
-            total_s=round(total_s, 4),
-            media_s=round(prepared.media_s, 4),
-            reasoning_s=round(result.latency_s, 4),
-            by_role_s={k: round(v, 4) for k, v in by_role.items()},
-        ),
-        notes=list(result.notes),
-        trace=[step_out(s) for s in result.steps] if prepared.trace else None,
-    )
-
-
-def sse(event: str, data: object) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-# --------------------------------------------------------------------------- chat
-
 
 def chat_usage(usage: Usage) -> ChatUsage:
     return ChatUsage(
@@ -145,7 +73,7 @@ def proreason_info(result: RunResult) -> ProReasonInfo:
         stop_reason=result.stop_reason,
         rounds=result.rounds,
         parse_failures=result.parse_failures,
-        answer_extracted=getattr(result, "answer_extracted", True),
+        answer_extracted=result.answer_extracted,
         steps=[step_out(s) for s in result.steps],
     )
 
@@ -210,3 +138,38 @@ class ChunkWriter:
     @staticmethod
     def done() -> str:
         return "data: [DONE]\n\n"
+
+
+async def chat_events(
+    events: AsyncIterator[Event],
+    *,
+    req: ChatCompletionRequest,
+    writer: ChunkWriter,
+    request_id: str,
+) -> AsyncIterator[str]:
+    """The role, one ``delta.reasoning`` line per step, the answer, the finish chunk, the usage
+    chunk (``stream_options.include_usage``), ``[DONE]``; an error after the start arrives as
+    ``data: {"error": ...}``."""
+    step_field = req.proreason.step_field if req.proreason else "reasoning"
+    trace = bool(req.proreason and req.proreason.trace)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    yield writer.role()
+    try:
+        result: RunResult | None = None
+        async for event in events:
+            if isinstance(event, Heartbeat):
+                yield KEEP_ALIVE
+            elif isinstance(event, RunResult):
+                result = event
+            elif step_field != "none":
+                yield writer.step(event, step_field)
+        if result is None:
+            raise RuntimeError("the reasoner ended without a result")
+        yield writer.content(result.answer)
+        yield writer.finish(result, trace)
+        if include_usage:
+            yield writer.usage(result.usage)
+    except Exception as exc:
+        log_failure(exc, describe(exc), request_id)
+        yield sse_error(exc, request_id)
+    yield writer.done()

@@ -1,0 +1,131 @@
+"""``/v1/chat/completions`` -> a Prepared run and the pipeline its ``model`` names.
+
+Everything a client can get wrong is checked here or in the schemas, images included, so that a
+streamed response never starts for a request that cannot run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from agents import Question, Reasoner, RunOptions
+from app.chat.schemas import ChatCompletionRequest, ChatMessage, ImageContent, TextContent
+from app.media import MediaLoader
+from app.pipelines import Pipeline, resolve_pipeline
+from app.runner import Prepared, request_timeout
+from app.settings import Settings
+from models.errors import InvalidRequest, MediaError
+from models.types import ContentPart, ImageInput, ImagePart, Message, TextPart
+
+#: fields of the ``proreason`` extension, as the Reasoner names them in its errors
+_EXTENSION_PARAMS = ("options", "answer_format", "max_rounds")
+
+
+def _check_fields(req: ChatCompletionRequest) -> None:
+    if req.n not in (None, 1):
+        raise InvalidRequest("only n=1 is supported", param="n")
+    if req.tools:
+        raise InvalidRequest("tools are not supported by this server", param="tools")
+    if req.response_format and req.response_format.get("type", "text") != "text":
+        raise InvalidRequest(
+            "only response_format type 'text' is supported", param="response_format"
+        )
+    if req.stream_options is not None and not req.stream:
+        raise InvalidRequest(
+            "'stream_options' is only allowed when 'stream' is true", param="stream_options"
+        )
+    last = req.messages[-1]
+    if last.role != "user":
+        raise InvalidRequest(
+            f"the last message must be a user message (got '{last.role}')", param="messages"
+        )
+
+
+def _image_refs(messages: Sequence[ChatMessage]) -> tuple[list[str], list[str]]:
+    """The image URLs of ``messages`` in order, and the JSON path of each; only user turns may
+    carry images."""
+    refs, paths = [], []
+    for i, m in enumerate(messages):
+        if not isinstance(m.content, list):
+            continue
+        for j, part in enumerate(m.content):
+            if isinstance(part, ImageContent):
+                if m.role != "user":
+                    raise MediaError(
+                        f"images are only allowed in user messages (message {i} is '{m.role}')",
+                        param=f"messages[{i}].content",
+                    )
+                url = part.image_url
+                refs.append(url if isinstance(url, str) else url.url)
+                paths.append(f"messages[{i}].content[{j}].image_url")
+    return refs, paths
+
+
+def _wire_text(m: ChatMessage) -> str:
+    if isinstance(m.content, str):
+        return m.content
+    parts = m.content or []
+    return "\n".join(p.text for p in parts if isinstance(p, TextContent))
+
+
+def _to_message(m: ChatMessage, images: list[ImageInput]) -> Message:
+    """One chat message -> an internal Message, taking its images (in order) from ``images``."""
+    role = "system" if m.role == "developer" else m.role
+    parts: list[ContentPart] = []
+    if isinstance(m.content, str):
+        parts.append(TextPart(m.content))
+    elif m.content is not None:
+        for part in m.content:
+            if isinstance(part, TextContent):
+                parts.append(TextPart(part.text))
+            else:
+                parts.append(ImagePart(images.pop(0)))
+    return Message(role=role, content=tuple(parts))
+
+
+async def prepare_chat(
+    req: ChatCompletionRequest,
+    *,
+    settings: Settings,
+    media: MediaLoader,
+    reasoner: Reasoner,
+) -> tuple[Prepared, Pipeline]:
+    pipeline = resolve_pipeline(req.model, settings.server.served_model_prefix, settings.agent)
+    _check_fields(req)
+    last_index = len(req.messages) - 1
+    refs, paths = _image_refs(req.messages)
+    question_text = _wire_text(req.messages[-1])
+    if not question_text.strip():
+        raise InvalidRequest(
+            "the last user message has no text (a question is required)",
+            param=f"messages[{last_index}].content",
+        )
+    started = time.perf_counter()
+    images = await media.load_request(refs, paths, param="messages")
+    media_s = time.perf_counter() - started
+    converted = [_to_message(m, images) for m in req.messages]
+    ext = req.proreason
+    options = RunOptions(
+        method=pipeline.method,
+        mode=pipeline.mode,
+        max_rounds=ext.max_rounds if ext else None,
+        parallel_perception=pipeline.parallel_perception,
+        max_tokens=req.max_completion_tokens or req.max_tokens,
+        temperature=req.temperature,
+    )
+    question = Question(
+        text=question_text,
+        images=tuple(converted[-1].images),
+        history=tuple(converted[:-1]),
+        answer_format=ext.answer_format if ext else "open",
+        options=tuple(ext.options or ()) if ext else (),
+    )
+    try:
+        job = reasoner.prepare(question, options)
+    except InvalidRequest as exc:
+        if exc.param in _EXTENSION_PARAMS:
+            exc.param = f"proreason.{exc.param}"
+        raise
+    timeout = request_timeout(settings, ext.timeout_s if ext else None)
+    return Prepared(job, timeout, media_s), pipeline

@@ -1,0 +1,49 @@
+"""``POST /v1/chat/completions``: OpenAI-compatible, ``model`` picks the pipeline."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from fastapi import APIRouter, Request
+
+from app.chat.prepare import prepare_chat
+from app.chat.render import ChunkWriter, chat_completion, chat_events
+from app.chat.schemas import ChatCompletion, ChatCompletionRequest
+from app.deps import Authorized, MediaDep, RunnerDep
+from app.openapi import REASONING_ERRORS
+from app.sse import EventStream
+
+router = APIRouter(tags=["openai"], dependencies=[Authorized])
+
+_STREAM_DOC = {
+    "description": "A chat completion, or with `stream: true` `chat.completion.chunk` events: "
+    "the role, one `delta.reasoning` line per agent step (field set by `proreason.step_field`), "
+    "the answer as `delta.content`, a chunk with `finish_reason`, a usage chunk "
+    "(`stream_options.include_usage`), then `data: [DONE]`. Errors after the start arrive as "
+    '`data: {"error": {...}}`.',
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    response_model_exclude_none=True,
+    responses={200: _STREAM_DOC, **REASONING_ERRORS},
+    summary="OpenAI-compatible chat completion answered by a ProReason pipeline",
+)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, runner: RunnerDep, media: MediaDep
+) -> ChatCompletion | EventStream:
+    request_id: str = request.state.request_id
+    slot = runner.admit()
+    work = prepare_chat(body, settings=runner.settings, media=media, reasoner=runner.reasoner)
+    prepared, pipeline = await runner.within(request, slot, work)
+    completion_id = f"chatcmpl-{request_id}"
+    if body.stream:
+        writer = ChunkWriter(completion_id, pipeline.name)
+        render = partial(chat_events, req=body, writer=writer, request_id=request_id)
+        return runner.stream(request, slot, prepared, render)
+    result = await runner.answer(request, slot, prepared)
+    trace = bool(body.proreason and body.proreason.trace)
+    return chat_completion(completion_id, pipeline.name, result, trace)
