@@ -28,11 +28,14 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 
+# Exactly the packages pyproject.toml lists (tests/deploy checks the two lists agree).
 COPY README.md ./
 COPY app/ app/
 COPY agents/ agents/
 COPY models/ models/
+COPY evals/ evals/
 COPY bench/ bench/
+COPY configs/ configs/
 RUN pip install --no-deps .
 
 # ---------------------------------------------------------------------------------------------
@@ -45,7 +48,9 @@ COPY pyproject.toml README.md /opt/proreason/
 COPY app/ /opt/proreason/app/
 COPY agents/ /opt/proreason/agents/
 COPY models/ /opt/proreason/models/
+COPY evals/ /opt/proreason/evals/
 COPY bench/ /opt/proreason/bench/
+COPY configs/ /opt/proreason/configs/
 # vllm is already installed in the base image and satisfies the [vllm] extra: nothing is upgraded.
 RUN uv pip install --system --no-cache "/opt/proreason[vllm]"
 COPY configs/ /app/configs/

@@ -18,9 +18,11 @@ from typing import Any
 
 import yaml
 
+from configs import bundled_dir
+
 logger = logging.getLogger(__name__)
 
-_PROJECT_PROMPTS = Path(__file__).resolve().parent.parent / "configs" / "prompts"
+
 
 _ANSWERING = (frozenset({"question", "answer_format"}), frozenset({"history"}))
 
@@ -88,11 +90,8 @@ class Prompt:
 
 
 def default_prompts_dir() -> Path:
-    """The bundled templates: ``./configs/prompts`` if present, else the project's own."""
-    cwd = Path.cwd() / "configs" / "prompts"
-    if cwd.is_dir() and any(cwd.glob("*.yaml")):
-        return cwd
-    return _PROJECT_PROMPTS
+    """The bundled templates (package data of ``configs``)."""
+    return bundled_dir() / "prompts"
 
 
 def _fields(name: str, template: str) -> set[str]:

@@ -24,22 +24,18 @@ from pydantic_settings import (
 )
 
 from agents.config import AgentConfig
+from configs import bundled_dir
 from models.config import BackendConfig
 from models.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 
 ENV_PREFIX = "PROREASON_"
-_PROJECT_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def configs_dir() -> Path:
-    """Where named profiles live: $PROREASON_CONFIGS_DIR, ./configs, or the project's configs/."""
+    """Where named profiles (and their ``prompts/``) live: $PROREASON_CONFIGS_DIR, else the
+    bundled ``configs`` package."""
     env = os.environ.get(f"{ENV_PREFIX}CONFIGS_DIR")
-    if env:
-        return Path(env)
-    for candidate in (Path.cwd() / "configs", _PROJECT_CONFIGS):
-        if candidate.is_dir():
-            return candidate
-    return _PROJECT_CONFIGS
+    return Path(env).expanduser() if env else bundled_dir()
 
 
 def resolve_profile(profile: str | Path) -> Path:

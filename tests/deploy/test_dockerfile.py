@@ -121,3 +121,25 @@ def test_build_context_has_what_the_dockerfile_copies():
                 assert top not in ignored, f"COPY {source}: excluded by .dockerignore"
     for secret in (".env", "**/.env"):
         assert secret in ignored, "secrets must stay out of the build context"
+
+
+def _packaged() -> set[str]:
+    """The top-level packages pyproject.toml installs (its ``packages.find`` include list)."""
+    tomllib = pytest.importorskip("tomllib")
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        include = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
+    return {pattern.rstrip("*") for pattern in include}
+
+
+@pytest.mark.parametrize("stage_name", ["build", "gpu"])
+def test_images_copy_exactly_the_packaged_sources(stage_name: str):
+    """What pip installs in the image is what pyproject.toml packages: a package left out of the
+    COPY list (evals/ once was) would make its command fail inside the image."""
+    stage = {s.name: s for s in dockerfile_stages()}[stage_name]
+    copied = set()
+    for args in stage.all("COPY"):
+        for source in args.split()[:-1]:
+            top = source.rstrip("/")
+            if (ROOT / top / "__init__.py").is_file():
+                copied.add(top)
+    assert copied == _packaged()
