@@ -90,7 +90,8 @@ def test_ask_prints_a_readable_trace(
     out, err = capsys.readouterr()
     assert code == 0
     assert out.strip() == "the red square is left of the blue circle"
-    lines = err.splitlines()
+    note, *lines = err.splitlines()
+    assert note.startswith("running the models in-process") and "--url" in note
     assert (
         lines[0].startswith("[r1] dispatcher")
         and "-> vision: Which shapes are visible?" in lines[0]
@@ -232,3 +233,94 @@ def test_bench_help_lists_the_benchmarks(capsys) -> None:
     out = capsys.readouterr().out
     for name in ("overhead", "throughput", "baseline", "parallel", "memory"):
         assert name in out
+
+
+def test_ask_url_asks_a_running_service(shapes_png: Path, capsys) -> None:
+    """--url: the trace and the answer come from the service over its API; nothing is loaded."""
+    from agents.types import ModelSet
+    from app.main import create_app
+    from tests.app.conftest import LiveServer, ScriptedModel, make_settings
+
+    vision, text = ScriptedModel(name="vlm"), ScriptedModel(name="llm")
+    app = create_app(make_settings(), models=ModelSet(vision=vision, text=text))
+    with LiveServer(app) as live:
+        code = main(["ask", "--url", live.url, "-i", str(shapes_png), "Where is the square?"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.strip() == "the red square is left of the blue circle"
+    note, *lines = err.splitlines()
+    assert note == f"asking the service at {live.url}"
+    assert lines[0].startswith("[r1] dispatcher") and "-> vision:" in lines[0]
+    assert "[solved] 1 round(s), 4 model calls" in lines[-1]
+    assert vision.roles() == ["vision"] and text.roles()[0] == "dispatcher"
+
+
+def test_ask_url_reports_service_errors_in_one_line(shapes_png: Path, capsys) -> None:
+    from agents.types import ModelSet
+    from app.main import create_app
+    from tests.app.conftest import LiveServer, ScriptedModel, make_settings
+
+    settings = make_settings(server={"api_keys": ["k1"]})
+    app = create_app(settings, models=ModelSet(vision=ScriptedModel(), text=ScriptedModel()))
+    with LiveServer(app) as live:
+        assert main(["ask", "--url", live.url, "-i", str(shapes_png), "Where?"]) == 1
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert err.startswith("error: the service answered 401") and "API key" in err
+        assert main(["ask", "--url", live.url, "--api-key", "k1", "-q", "Where?"]) == 0
+        assert capsys.readouterr().out.strip()
+
+
+def test_serve_on_a_busy_port_fails_before_loading_models(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        # the vision model does not exist: had it been loaded first, the error would name it
+        profile = write_profile(tmp_path / "p.yaml", {"vision": tiny_backend(tmp_path / "nope")})
+        proc = run("serve", "--profile", str(profile), "--port", str(port))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: port {port} on 127.0.0.1 is already in use")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_serve_tiny_before_build_tiny_names_the_command(tmp_path: Path) -> None:
+    """The tiny profile reads ~/.cache/proreason/tiny: with an empty HOME it is not built yet."""
+    env = {"HOME": str(tmp_path), "PROREASON_SERVER__PORT": "0"}
+    proc = run("serve", "--profile", "tiny", env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: cannot load model"), proc.stderr
+    assert proc.stderr.rstrip().endswith("build it first with: proreason build-tiny")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_eval_keeps_its_results_by_default_and_prints_the_table_once(
+    upstream_profile: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    jsonl = tmp_path / "items.jsonl"
+    image = Path(__file__).parent / "data" / "shapes.png"
+    jsonl.write_text(json.dumps({"question": "Where?", "images": [str(image)], "answer": "x"}))
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval", "--profile", str(upstream_profile), "--dataset", str(jsonl), "--limit", "1"]
+    assert main([*argv, "--method", "direct"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("direct") == 1, out  # one table, one row
+    (run_dir,) = (tmp_path / "results").iterdir()
+    assert run_dir.name.startswith("items-")
+    assert (run_dir / "report.json").is_file() and (run_dir / "predictions-direct.jsonl").is_file()
+
+
+def test_bench_help_names_the_command(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert capsys.readouterr().out.startswith("usage: proreason bench")
+
+
+def test_every_flag_has_help() -> None:
+    from app.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.choices and isinstance(a.choices, dict)]
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if action.dest != "help":
+                assert action.help, f"proreason {name}: {action.option_strings or action.dest}"

@@ -1,0 +1,201 @@
+"""The ``proreason`` command line: the terminal front end of the service.
+
+    proreason ask --image cat.png "What is the cat sitting on?"   answer with a readable trace
+    proreason ask --url http://localhost:8080 --image cat.png ... ask a running service instead
+    proreason serve [--profile vllm]                               run the HTTP service
+    proreason eval --dataset easy-vqa --method proreason ...       evaluate methods on a dataset
+    proreason build-tiny                                           build the offline tiny models
+    proreason profiles                                             list the configuration profiles
+    proreason bench NAME ...                                       run a benchmark (see bench/)
+
+Every failure a user can cause or meet (missing image, unknown profile, a model that cannot be
+loaded, an unreachable server, a busy port) ends as one ``error: ...`` line on stderr and a
+non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from app.cli.common import EXIT_FAILURE, EXIT_USAGE, CLIError
+from models.errors import InvalidRequest, ProReasonError
+
+METHODS = ["proreason", "direct", "cot", "ccot", "caption"]
+MODES = ["pure", "assisted"]
+
+
+def _with_profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="a bundled profile name (default, tiny, vllm, pure, ...; see `proreason profiles`) "
+        "or a YAML file; default: $PROREASON_PROFILE or 'default'",
+    )
+
+
+def _with_run_options(p: argparse.ArgumentParser) -> None:
+    """The options a run takes; unset ones come from the profile's agent section."""
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        help="pure: one LVLM plays every role; assisted: "
+        "text roles on the text LLM (default: the profile's agent.mode)",
+    )
+    p.add_argument(
+        "--max-rounds",
+        type=int,
+        metavar="N",
+        help="most dispatcher rounds before the fallback (default: agent.max_rounds)",
+    )
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="parallel perception: the dispatcher may ask several visual "
+        "sub-questions in one round (opt-in)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from app.cli.ask import ask
+    from app.cli.evaluate import evaluate
+    from app.cli.serve import build_tiny, profiles, serve
+
+    parser = argparse.ArgumentParser(
+        prog="proreason",
+        description="ProReason visual reasoning: proactive perception by an LVLM, reasoning by a "
+        "text LLM. Configuration: a YAML profile (--profile or PROREASON_PROFILE) overridden by "
+        "PROREASON_<SECTION>__<FIELD> environment variables.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    a = sub.add_parser(
+        "ask",
+        help="answer a question about images, with a readable trace",
+        description="Answer one question. In-process on the profile's models (loads them), or "
+        "with --url by a running service (nothing is loaded). The trace goes to stderr, the "
+        "answer to stdout.",
+    )
+    _with_profile(a)
+    a.add_argument("question", help="the question")
+    a.add_argument(
+        "--image",
+        "-i",
+        action="append",
+        default=[],
+        metavar="PATH_OR_URL",
+        help="an image file, http(s) URL or data URL (repeat for several images)",
+    )
+    a.add_argument(
+        "--url",
+        metavar="URL",
+        help="ask the service running at URL (e.g. http://localhost:8080) over its "
+        "API instead of loading the models in this process",
+    )
+    a.add_argument("--api-key", metavar="KEY", help="with --url: the service's API key")
+    a.add_argument(
+        "--method",
+        choices=METHODS,
+        help="proreason (default) or a baseline: direct, cot, ccot, caption",
+    )
+    _with_run_options(a)
+    a.add_argument(
+        "--choice",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="a multiple-choice option (repeat); makes the question multiple-choice",
+    )
+    a.add_argument("--max-tokens", type=int, metavar="N", help="most new tokens per model call")
+    a.add_argument("--temperature", type=float, help="sampling temperature (default: the model's)")
+    a.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    a.add_argument("--quiet", "-q", action="store_true", help="print only the answer")
+    a.set_defaults(func=lambda args: asyncio.run(ask(args)))
+
+    e = sub.add_parser(
+        "eval",
+        help="evaluate methods on a dataset (easy-vqa offline, or a JSONL file)",
+        description="Accuracy with the stop-reason mix, fallback rate, parse failures, calls and "
+        "tokens per question, per method; report.json and predictions-<method>.jsonl in --out.",
+    )
+    _with_profile(e)
+    e.add_argument("--dataset", default="easy-vqa", help="'easy-vqa' or a JSONL file")
+    e.add_argument("--split", default="test", help="easy-vqa split: test or train")
+    e.add_argument("--limit", type=int, default=100, help="seeded random sample size")
+    e.add_argument("--seed", type=int, default=0, help="the sample's random seed")
+    e.add_argument(
+        "--method",
+        action="append",
+        choices=METHODS,
+        help="repeat to compare methods side by side (default: the profile's)",
+    )
+    _with_run_options(e)
+    e.add_argument("--concurrency", type=int, default=8, help="questions in flight")
+    e.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for report.json and predictions (default: results/<dataset>-<time>)",
+    )
+    e.set_defaults(func=lambda args: asyncio.run(evaluate(args)))
+
+    s = sub.add_parser("serve", help="run the HTTP service (OpenAI-compatible + /v1/reason)")
+    _with_profile(s)
+    s.add_argument("--host", help="bind address (default: the profile's server.host)")
+    s.add_argument("--port", type=int, help="port (default: the profile's server.port)")
+    s.set_defaults(func=serve)
+
+    t = sub.add_parser(
+        "build-tiny",
+        help="build tiny random-weight models offline for the 'tiny' profile (like vLLM's "
+        "--load-format dummy: real code paths, gibberish answers)",
+    )
+    t.add_argument(
+        "dir",
+        nargs="?",
+        default="~/.cache/proreason/tiny",
+        help="where to write them (the tiny profile reads ~/.cache/proreason/tiny)",
+    )
+    t.add_argument("--force", action="store_true", help="rebuild even if present")
+    t.set_defaults(func=build_tiny)
+
+    p = sub.add_parser("profiles", help="list the configuration profiles")
+    p.set_defaults(func=profiles)
+
+    # dispatched in main() before parsing; listed here for --help
+    sub.add_parser("bench", help="run a benchmark (proreason bench --help lists them)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the benchmarks own their arguments (and --help)
+        from bench.__main__ import main as bench_main
+
+        return int(bench_main(argv[1:], prog="proreason bench") or 0)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except InvalidRequest as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except ProReasonError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
