@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 from models.types import GenerationRequest, GenerationResult, StreamDelta
 
@@ -14,7 +13,6 @@ class ModelBackend(ABC):
 
     - ``generate`` answers one request; concurrent calls are how batching happens (vLLM's
       continuous batching over HTTP, our micro-batcher in-process).
-    - ``generate_batch`` answers many at once (default: concurrent ``generate`` calls).
     - ``stream`` yields text deltas; the default produces one delta from ``generate``.
     - Cancelling the awaiting task cancels the model-side work where the backend can.
     """
@@ -33,9 +31,6 @@ class ModelBackend(ABC):
 
     @abstractmethod
     async def generate(self, request: GenerationRequest) -> GenerationResult: ...
-
-    async def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        return list(await asyncio.gather(*(self.generate(r) for r in requests)))
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         result = await self.generate(request)

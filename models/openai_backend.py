@@ -188,9 +188,7 @@ class OpenAIBackend(ModelBackend):
 
     backend = "openai"
 
-    def __init__(
-        self, config: BackendConfig, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, config: BackendConfig) -> None:
         if config.backend != "openai":
             raise ValueError(f"OpenAIBackend needs backend='openai', got {config.backend!r}")
         base_url = config.base_url.rstrip("/")
@@ -200,7 +198,6 @@ class OpenAIBackend(ModelBackend):
         self.config = config
         self.base_url = base_url
         self.supports_json_schema = config.structured_output
-        self._transport = transport
         self._headers = {"Accept": "application/json", "User-Agent": "proreason"}
         if config.api_key is not None:
             self._headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
@@ -229,7 +226,6 @@ class OpenAIBackend(ModelBackend):
                 headers=self._headers,
                 # +2: health probes never wait behind generations for a connection
                 limits=httpx.Limits(max_connections=slots + 2, max_keepalive_connections=slots + 2),
-                transport=self._transport,
                 follow_redirects=False,
             )
             self._semaphore = asyncio.Semaphore(slots)

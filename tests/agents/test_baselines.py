@@ -10,7 +10,8 @@ from agents import Question, RunOptions
 from agents.baselines import SCENE_GRAPH_SCHEMA
 from models.errors import ModelError
 from models.types import ImageInput
-from tests.agents.conftest import DEFAULTS, FakeModel
+from tests.fakes.models import FakeModel
+from tests.fakes.roles import DEFAULT_SCRIPT as DEFAULTS
 
 QUESTION = "What colour is the square?"
 

@@ -11,7 +11,7 @@ import pytest
 from agents import Question, RunOptions, RunResult, Step
 from models.errors import ModelError
 from models.types import ImageInput
-from tests.agents.conftest import FakeModel
+from tests.fakes.models import FakeModel
 
 NOT_YET = '{"solvable": false, "reasoning": "The count is still unknown."}'
 SOLVED = '{"solvable": true, "reasoning": "Both shapes are named."}'
@@ -28,22 +28,22 @@ async def test_solved_in_one_round_costs_four_calls(make_reasoner, image: ImageI
     assert result.stop_reason == "solved"
     assert result.rounds == 1
     assert [s.role for s in result.steps] == ["dispatcher", "vision", "referee", "summarizer"]
-    assert result.answer == "two"
+    assert result.answer == "the red square is left of the blue circle"
     assert vision.roles() == ["vision"]
     assert text.roles() == ["dispatcher", "referee", "summarizer"]
     vstep, rstep = result.steps[1], result.steps[2]
     assert vstep.sub_question == "Which shapes are visible?"
-    assert vstep.memory_entry.startswith("Step 1: there is a red square.")
-    assert rstep.decision == {"solvable": True, "reasoning": "The notes name every shape."}
-    assert rstep.memory_entry == "The notes name every shape."
+    assert vstep.memory_entry.startswith("Step 1: a red square.")
+    assert rstep.decision == {"solvable": True, "reasoning": "The notes place both shapes."}
+    assert rstep.memory_entry == "The notes place both shapes."
     # the summarizer saw the vision answer and the referee's reasoning
     summary_prompt = text.of("summarizer")[0].user_text
-    assert "there is a blue circle" in summary_prompt
-    assert "The notes name every shape." in summary_prompt
+    assert "a blue circle right of it" in summary_prompt
+    assert "The notes place both shapes." in summary_prompt
     assert result.parse_failures == 0
     assert result.usage.total_tokens == sum(s.usage.total_tokens for s in result.steps) > 0
     assert set(result.usage_by_role) == {"dispatcher", "vision", "referee", "summarizer"}
-    assert result.usage_by_role["vision"].image_tokens == 10
+    assert result.usage_by_role["vision"].image_tokens == 7
 
 
 async def test_insight_rounds_keep_only_the_final_answer(make_reasoner, image: ImageInput) -> None:

@@ -8,7 +8,7 @@ import json
 from agents import Question, RunOptions, Step
 from agents.proreason import parallel_dispatch_schema
 from models.types import ImageInput
-from tests.agents.conftest import FakeModel
+from tests.fakes.models import FakeModel
 
 QUESTIONS = ["What colour is the square?", "Where is the circle?", "Is there any text?"]
 PARALLEL = json.dumps({"expert": "vision", "questions": QUESTIONS})

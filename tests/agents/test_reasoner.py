@@ -10,7 +10,7 @@ from agents import AgentConfig, ModelSet, PromptError, Question, Reasoner, RunOp
 from agents.types import ResolvedOptions
 from models.errors import InvalidRequest
 from models.types import ImageInput
-from tests.agents.conftest import FakeModel
+from tests.fakes.models import FakeModel
 
 
 @pytest.mark.parametrize(

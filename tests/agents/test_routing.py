@@ -8,7 +8,7 @@ import pytest
 from agents import Question, RunOptions
 from agents.proreason import DISPATCH_SCHEMA, VERDICT_SCHEMA
 from models.types import ImageInput, ImagePart, Message, TextPart
-from tests.agents.conftest import FakeModel
+from tests.fakes.models import FakeModel
 
 NOT_YET = '{"solvable": false, "reasoning": "Not enough yet."}'
 SOLVED = '{"solvable": true, "reasoning": "Enough."}'

@@ -1,20 +1,14 @@
-"""Fixtures of the HTTP service tests: a scripted ModelBackend test double, settings, apps, clients.
-
-``ScriptedModel`` answers each agent role from a script (recognised by the role's system prompt in
-configs/prompts), can block on a gate, sleep, fail, or report unhealthy, and records every call,
-including calls that were cancelled (the client went away, the deadline passed).
-"""
+"""Fixtures of the HTTP service tests: settings, apps, clients, images, SSE parsing, a live
+server. The model test double is tests.fakes.models.FakeModel."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,76 +21,7 @@ from PIL import Image
 from agents.types import ModelSet
 from app.main import create_app
 from app.settings import Settings, load_settings
-from models.base import ModelBackend
-from models.types import GenerationRequest, GenerationResult, Usage
-from tests.fakes.roles import DEFAULT_SCRIPT, role_of
-
-
-@dataclass
-class Call:
-    role: str
-    request: GenerationRequest
-    cancelled: bool = False
-    done: bool = False
-
-
-@dataclass(eq=False)
-class ScriptedModel(ModelBackend):
-    """A ModelBackend test double. ``script[role]``: text, or ``fn(request, n) -> text``;
-    ``raise_on[role]``: an exception to raise; ``delay_s[role]``: seconds to sleep; ``gate``: when
-    set, every call waits for it (so tests can hold calls in flight)."""
-
-    name: str = "scripted-vlm"
-    backend: str = "scripted"
-    script: dict[str, Any] = field(default_factory=dict)
-    raise_on: dict[str, BaseException] = field(default_factory=dict)
-    delay_s: dict[str, float] = field(default_factory=dict)
-    gate: asyncio.Event | None = None
-    healthy: bool = True
-    calls: list[Call] = field(default_factory=list)
-    started: asyncio.Event | None = None
-
-    def __post_init__(self) -> None:
-        super().__init__(self.name)
-
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        role = role_of(request)
-        call = Call(role, request)
-        self.calls.append(call)
-        if self.started is not None:
-            self.started.set()
-        try:
-            if self.gate is not None:
-                await self.gate.wait()
-            if self.delay_s.get(role):
-                await asyncio.sleep(self.delay_s[role])
-            if role in self.raise_on:
-                raise self.raise_on[role]
-        except asyncio.CancelledError:
-            call.cancelled = True
-            raise
-        call.done = True
-        text = self.script.get(role, DEFAULT_SCRIPT[role])
-        if callable(text):
-            text = text(request, sum(c.role == role for c in self.calls))
-        usage = Usage(
-            prompt_tokens=sum(len(m.text_content.split()) for m in request.messages)
-            + 7 * len(request.images),
-            completion_tokens=len(text.split()),
-            image_tokens=7 * len(request.images),
-        )
-        return GenerationResult(text=text, usage=usage, model=self.name)
-
-    async def health(self) -> bool:
-        return self.healthy
-
-    def roles(self) -> list[str]:
-        return [c.role for c in self.calls]
-
-    @property
-    def cancelled(self) -> list[Call]:
-        return [c for c in self.calls if c.cancelled]
-
+from tests.fakes.models import FakeModel
 
 # --------------------------------------------------------------------------- settings / apps
 
@@ -108,17 +33,17 @@ def make_settings(**sections: Any) -> Settings:
 
 
 @pytest.fixture
-def vision() -> ScriptedModel:
-    return ScriptedModel(name="scripted-vlm")
+def vision() -> FakeModel:
+    return FakeModel(name="scripted-vlm", backend="scripted")
 
 
 @pytest.fixture
-def text() -> ScriptedModel:
-    return ScriptedModel(name="scripted-llm")
+def text() -> FakeModel:
+    return FakeModel(name="scripted-llm", backend="scripted")
 
 
 @pytest.fixture
-def models(vision: ScriptedModel, text: ScriptedModel) -> ModelSet:
+def models(vision: FakeModel, text: FakeModel) -> ModelSet:
     return ModelSet(vision=vision, text=text)
 
 

@@ -27,7 +27,8 @@ from models.errors import (
     ModelUnavailable,
     ProReasonError,
 )
-from tests.app.conftest import ScriptedModel, make_settings, parse_sse, png_data_url
+from tests.app.conftest import make_settings, parse_sse, png_data_url
+from tests.fakes.models import FakeModel
 
 PUBLIC_IP = "93.184.216.34"  # an IP literal: no DNS needed, the MockTransport answers it
 
@@ -197,7 +198,7 @@ def test_refused_urls_are_never_contacted(client: TestClient, web: RecordingWeb)
 
 
 def test_allowed_url_is_fetched(
-    client: TestClient, web: RecordingWeb, vision: ScriptedModel
+    client: TestClient, web: RecordingWeb, vision: FakeModel
 ) -> None:
     r = client.post("/v1/reason", json=q(images=[f"http://{PUBLIC_IP}/shapes.png"]))
     assert r.status_code == 200, r.text
@@ -214,7 +215,7 @@ def test_unknown_route_and_method_use_the_envelope(client: TestClient) -> None:
 
 
 def test_bad_input_never_reaches_the_models(
-    client: TestClient, vision: ScriptedModel, text: ScriptedModel
+    client: TestClient, vision: FakeModel, text: FakeModel
 ) -> None:
     for case in BAD_INPUTS[:12]:
         client.post(case[1], **case[2])
@@ -222,7 +223,7 @@ def test_bad_input_never_reaches_the_models(
 
 
 def test_assisted_mode_without_a_text_model_is_a_400(data_url: str) -> None:
-    app = create_app(make_settings(), models=ModelSet(vision=ScriptedModel()))
+    app = create_app(make_settings(), models=ModelSet(vision=FakeModel()))
     with TestClient(app) as c:
         r = c.post("/v1/reason", json=q(images=[data_url], mode="assisted"))
         assert r.status_code == 400
@@ -252,7 +253,7 @@ def test_assisted_mode_without_a_text_model_is_a_400(data_url: str) -> None:
 def test_model_errors_map_to_status(
     client: TestClient,
     data_url: str,
-    text: ScriptedModel,
+    text: FakeModel,
     exc: ProReasonError,
     status: int,
     code: str,
@@ -266,7 +267,7 @@ def test_model_errors_map_to_status(
 
 
 def test_a_bug_is_a_500_that_leaks_nothing(
-    client: TestClient, data_url: str, text: ScriptedModel, caplog: pytest.LogCaptureFixture
+    client: TestClient, data_url: str, text: FakeModel, caplog: pytest.LogCaptureFixture
 ) -> None:
     text.raise_on["summarizer"] = RuntimeError("secret-internal-detail")
     r = client.post("/v1/reason", json=q(images=[data_url]), headers={"X-Request-Id": "bug-1"})
@@ -284,7 +285,7 @@ def test_a_bug_is_a_500_that_leaks_nothing(
     assert logged and getattr(logged[0], "request_id", None) == "bug-1"
 
 
-def test_openai_client_sees_model_errors(client: TestClient, text: ScriptedModel) -> None:
+def test_openai_client_sees_model_errors(client: TestClient, text: FakeModel) -> None:
     text.raise_on["answer"] = ModelUnavailable("upstream down")
     oai = OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0)
     with pytest.raises(openai.InternalServerError) as info:
@@ -296,7 +297,7 @@ def test_openai_client_sees_model_errors(client: TestClient, text: ScriptedModel
 
 
 def test_error_after_the_stream_started_is_an_error_event(
-    client: TestClient, data_url: str, text: ScriptedModel
+    client: TestClient, data_url: str, text: FakeModel
 ) -> None:
     text.raise_on["summarizer"] = ModelUnavailable("upstream down")
     r = client.post("/v1/reason", json=q(images=[data_url], stream=True))
@@ -309,7 +310,7 @@ def test_error_after_the_stream_started_is_an_error_event(
 
 
 def test_chat_stream_error_reaches_the_openai_client(
-    client: TestClient, data_url: str, text: ScriptedModel
+    client: TestClient, data_url: str, text: FakeModel
 ) -> None:
     text.raise_on["summarizer"] = ModelTimeout("upstream slow")
     oai = OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0)

@@ -13,13 +13,14 @@ from openai import AsyncOpenAI, OpenAI
 
 from agents.types import ModelSet
 from app.main import create_app
-from tests.app.conftest import LiveServer, ScriptedModel, make_settings, parse_sse, wait_until
+from tests.app.conftest import LiveServer, make_settings, parse_sse, wait_until
+from tests.fakes.models import FakeModel
 
 ANSWER = "the red square is left of the blue circle"
 
 
 @pytest.fixture
-def live(vision: ScriptedModel, text: ScriptedModel) -> Iterator[LiveServer]:
+def live(vision: FakeModel, text: FakeModel) -> Iterator[LiveServer]:
     settings = make_settings(server={"api_keys": "live-key"})
     app = create_app(settings, models=ModelSet(vision=vision, text=text))
     with LiveServer(app) as server:
@@ -79,7 +80,7 @@ async def test_openai_async_client(live: LiveServer, data_url: str) -> None:
 
 
 def test_reason_sse_arrives_event_by_event(
-    live: LiveServer, data_url: str, text: ScriptedModel
+    live: LiveServer, data_url: str, text: FakeModel
 ) -> None:
     text.delay_s["referee"] = 0.3  # the dispatch and vision events arrive before the verdict
     headers = {"Authorization": "Bearer live-key"}
@@ -117,7 +118,7 @@ def test_reason_json_and_multipart(live: LiveServer, data_url: str, png_bytes: b
 
 
 def test_client_disconnect_over_a_socket_cancels_the_model_call(
-    live: LiveServer, text: ScriptedModel
+    live: LiveServer, text: FakeModel
 ) -> None:
     text.delay_s["answer"] = 30
     headers = {"Authorization": "Bearer live-key"}
@@ -133,7 +134,7 @@ def test_client_disconnect_over_a_socket_cancels_the_model_call(
 
 
 def test_stream_disconnect_over_a_socket_cancels_the_model_call(
-    live: LiveServer, vision: ScriptedModel, data_url: str
+    live: LiveServer, vision: FakeModel, data_url: str
 ) -> None:
     vision.delay_s["vision"] = 30
     oai = OpenAI(base_url=f"{live.url}/v1", api_key="live-key", max_retries=0)

@@ -21,7 +21,8 @@ from openai import OpenAI
 from agents.types import ModelSet
 from app.logs import JsonFormatter
 from app.main import create_app
-from tests.app.conftest import ScriptedModel, make_settings, parse_sse
+from tests.app.conftest import make_settings, parse_sse
+from tests.fakes.models import FakeModel
 
 # --------------------------------------------------------------------------- API keys
 
@@ -136,7 +137,7 @@ def test_each_app_has_its_own_registry(models: ModelSet) -> None:
         assert 'endpoint="/health"' not in cb.get("/metrics").text
 
 
-def test_ready_reports_unhealthy_backends(client: TestClient, vision: ScriptedModel) -> None:
+def test_ready_reports_unhealthy_backends(client: TestClient, vision: FakeModel) -> None:
     r = client.get("/ready")
     assert r.status_code == 200
     assert r.json() == {"status": "ready", "backends": {"vision": True, "text": True}, "failed": []}
@@ -207,7 +208,7 @@ class Gated:
 
 
 @pytest.fixture
-async def gated(vision: ScriptedModel, text: ScriptedModel) -> AsyncIterator[Gated]:
+async def gated(vision: FakeModel, text: FakeModel) -> AsyncIterator[Gated]:
     """An app whose model calls all wait for a gate (opened at teardown)."""
     gate = asyncio.Event()
     vision.gate = text.gate = gate
@@ -233,7 +234,7 @@ async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
 # --------------------------------------------------------------------------- backpressure
 
 
-async def test_overload_is_429_with_retry_after(gated: Gated, text: ScriptedModel) -> None:
+async def test_overload_is_429_with_retry_after(gated: Gated, text: FakeModel) -> None:
     async with http(gated.asgi) as client:
         body = {"question": "What is 2 + 2?"}
         held = [asyncio.create_task(client.post("/v1/reason", json=body)) for _ in range(2)]
@@ -257,7 +258,7 @@ async def test_overload_is_429_with_retry_after(gated: Gated, text: ScriptedMode
 
 
 async def test_deadline_is_504_with_the_steps_done_so_far(
-    gated: Gated, vision: ScriptedModel, text: ScriptedModel
+    gated: Gated, vision: FakeModel, text: FakeModel
 ) -> None:
     text.gate = None  # the dispatcher answers, the vision expert hangs
     async with http(gated.asgi) as client:
@@ -274,7 +275,7 @@ async def test_deadline_is_504_with_the_steps_done_so_far(
 
 
 async def test_streamed_deadline_is_an_error_event_after_the_steps(
-    gated: Gated, vision: ScriptedModel, text: ScriptedModel
+    gated: Gated, vision: FakeModel, text: FakeModel
 ) -> None:
     text.gate = None
     async with http(gated.asgi) as client:
@@ -358,7 +359,7 @@ async def call_and_disconnect(
     ids=["reason", "reason-stream", "chat", "chat-stream"],
 )
 async def test_client_disconnect_cancels_the_model_call(
-    gated: Gated, text: ScriptedModel, path: str, body: dict[str, Any]
+    gated: Gated, text: FakeModel, path: str, body: dict[str, Any]
 ) -> None:
     disconnect = asyncio.Event()
     call = asyncio.create_task(call_and_disconnect(gated.asgi, path, body, disconnect))
@@ -373,7 +374,7 @@ async def test_client_disconnect_cancels_the_model_call(
 # --------------------------------------------------------------------------- keep-alive
 
 
-async def test_idle_streams_get_keep_alive_comments(gated: Gated, text: ScriptedModel) -> None:
+async def test_idle_streams_get_keep_alive_comments(gated: Gated, text: FakeModel) -> None:
     gated.app.state.runner.heartbeat_s = 0.05
     text.gate = None
     text.delay_s["answer"] = 0.3

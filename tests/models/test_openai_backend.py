@@ -430,7 +430,7 @@ async def test_requests_run_concurrently_up_to_the_limit(
     openai_server.delay_s = 0.3
     backend = make_backend(max_concurrency=8)
     started = time.monotonic()
-    await backend.generate_batch([_request(f"q{i}") for i in range(4)])
+    await asyncio.gather(*(backend.generate(_request(f"q{i}")) for i in range(4)))
     assert openai_server.max_in_flight == 4
     assert time.monotonic() - started < 1.0  # concurrent, not 4 x 0.3 s
 

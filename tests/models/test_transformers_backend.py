@@ -201,7 +201,7 @@ async def test_text_lm_batched_output_equals_single_output(text: TransformersBac
     prompts = ["hi", "What is the colour of the square?", "Think step by step: 2 + 2 = ?"]
     requests = [_ask(p, max_tokens=10) for p in prompts]
     single = [await text.generate(r) for r in requests]
-    batched = await text.generate_batch(requests)
+    batched = await asyncio.gather(*(text.generate(r) for r in requests))
     assert [r.text for r in batched] == [r.text for r in single]
     assert len({r.text for r in single}) == len(single)
     assert [r.usage.prompt_tokens for r in single] == sorted(r.usage.prompt_tokens for r in single)

@@ -12,7 +12,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from openai import AsyncOpenAI, OpenAI
 
-from tests.app.conftest import ScriptedModel, parse_sse
+from tests.app.conftest import parse_sse
+from tests.fakes.models import FakeModel
 
 ANSWER = "the red square is left of the blue circle"
 
@@ -42,7 +43,7 @@ def test_models_lists_the_pipelines(oai: OpenAI) -> None:
         assert name in ids
 
 
-def test_chat_completion_with_usage(oai: OpenAI, data_url: str, vision: ScriptedModel) -> None:
+def test_chat_completion_with_usage(oai: OpenAI, data_url: str, vision: FakeModel) -> None:
     resp = oai.chat.completions.create(
         model="proreason",
         messages=[user_turn("Where is the red square?", data_url)],
@@ -62,7 +63,7 @@ def test_chat_completion_with_usage(oai: OpenAI, data_url: str, vision: Scripted
     assert getattr(resp, "proreason", None) is None  # the trace only when asked for
 
 
-def test_max_completion_tokens_wins(oai: OpenAI, data_url: str, vision: ScriptedModel) -> None:
+def test_max_completion_tokens_wins(oai: OpenAI, data_url: str, vision: FakeModel) -> None:
     oai.chat.completions.create(
         model="proreason-direct",
         messages=[user_turn("What?", data_url)],
@@ -108,7 +109,7 @@ def test_model_selects_the_pipeline(
 
 
 def test_parallel_pipeline_sets_parallel_perception(
-    oai: OpenAI, data_url: str, text: ScriptedModel, vision: ScriptedModel
+    oai: OpenAI, data_url: str, text: FakeModel, vision: FakeModel
 ) -> None:
     text.script["dispatcher"] = '{"expert": "vision", "questions": ["Colour?", "Shape?"]}'
     resp = oai.chat.completions.create(
@@ -122,7 +123,7 @@ def test_parallel_pipeline_sets_parallel_perception(
 
 
 def test_history_and_system_messages_reach_the_question(
-    oai: OpenAI, data_url: str, text: ScriptedModel
+    oai: OpenAI, data_url: str, text: FakeModel
 ) -> None:
     resp = oai.chat.completions.create(
         model="proreason",

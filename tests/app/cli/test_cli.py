@@ -20,6 +20,7 @@ from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.roles import RoleResponder
 
 PROREASON = [sys.executable, "-m", "app.cli"]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def write_profile(path: Path, models: dict[str, Any], **sections: Any) -> Path:
@@ -66,7 +67,7 @@ def run(
         text=True,
         timeout=timeout,
         env={**os.environ, **(env or {})},
-        cwd=Path(__file__).parent.parent,
+        cwd=ROOT,
     )
 
 
@@ -239,9 +240,10 @@ def test_ask_url_asks_a_running_service(shapes_png: Path, capsys) -> None:
     """--url: the trace and the answer come from the service over its API; nothing is loaded."""
     from agents.types import ModelSet
     from app.main import create_app
-    from tests.app.conftest import LiveServer, ScriptedModel, make_settings
+    from tests.app.conftest import LiveServer, make_settings
+    from tests.fakes.models import FakeModel
 
-    vision, text = ScriptedModel(name="vlm"), ScriptedModel(name="llm")
+    vision, text = FakeModel(name="vlm"), FakeModel(name="llm")
     app = create_app(make_settings(), models=ModelSet(vision=vision, text=text))
     with LiveServer(app) as live:
         code = main(["ask", "--url", live.url, "-i", str(shapes_png), "Where is the square?"])
@@ -258,10 +260,11 @@ def test_ask_url_asks_a_running_service(shapes_png: Path, capsys) -> None:
 def test_ask_url_reports_service_errors_in_one_line(shapes_png: Path, capsys) -> None:
     from agents.types import ModelSet
     from app.main import create_app
-    from tests.app.conftest import LiveServer, ScriptedModel, make_settings
+    from tests.app.conftest import LiveServer, make_settings
+    from tests.fakes.models import FakeModel
 
     settings = make_settings(server={"api_keys": ["k1"]})
-    app = create_app(settings, models=ModelSet(vision=ScriptedModel(), text=ScriptedModel()))
+    app = create_app(settings, models=ModelSet(vision=FakeModel(), text=FakeModel()))
     with LiveServer(app) as live:
         assert main(["ask", "--url", live.url, "-i", str(shapes_png), "Where?"]) == 1
         err = capsys.readouterr().err.splitlines()[-1]
@@ -297,7 +300,7 @@ def test_eval_keeps_its_results_by_default_and_prints_the_table_once(
     upstream_profile: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     jsonl = tmp_path / "items.jsonl"
-    image = Path(__file__).parent / "data" / "shapes.png"
+    image = ROOT / "tests" / "data" / "shapes.png"
     jsonl.write_text(json.dumps({"question": "Where?", "images": [str(image)], "answer": "x"}))
     monkeypatch.chdir(tmp_path)
     argv = ["eval", "--profile", str(upstream_profile), "--dataset", str(jsonl), "--limit", "1"]

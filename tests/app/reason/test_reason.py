@@ -6,11 +6,12 @@ import json
 
 from fastapi.testclient import TestClient
 
-from tests.app.conftest import ScriptedModel, parse_sse
+from tests.app.conftest import parse_sse
+from tests.fakes.models import FakeModel
 
 
 def test_reason_answers_with_trace_usage_and_timings(
-    client: TestClient, data_url: str, vision: ScriptedModel, text: ScriptedModel
+    client: TestClient, data_url: str, vision: FakeModel, text: FakeModel
 ) -> None:
     r = client.post(
         "/v1/reason",
@@ -41,7 +42,7 @@ def test_reason_without_trace_omits_steps(client: TestClient, data_url: str) -> 
 
 
 def test_reason_options_reach_the_run(
-    client: TestClient, data_url: str, vision: ScriptedModel, text: ScriptedModel
+    client: TestClient, data_url: str, vision: FakeModel, text: FakeModel
 ) -> None:
     r = client.post(
         "/v1/reason",
@@ -66,7 +67,7 @@ def test_reason_options_reach_the_run(
     assert "circle" in prompt and "square" in prompt
 
 
-def test_reason_baseline_method(client: TestClient, data_url: str, vision: ScriptedModel) -> None:
+def test_reason_baseline_method(client: TestClient, data_url: str, vision: FakeModel) -> None:
     r = client.post(
         "/v1/reason", json={"question": "What?", "images": [data_url], "method": "direct"}
     )
@@ -109,7 +110,7 @@ def test_reason_stream_with_trace_puts_steps_in_the_result(
 
 
 def test_reason_upload_multipart(
-    client: TestClient, png_bytes: bytes, data_url: str, vision: ScriptedModel
+    client: TestClient, png_bytes: bytes, data_url: str, vision: FakeModel
 ) -> None:
     r = client.post(
         "/v1/reason/upload",
@@ -140,7 +141,7 @@ def test_reason_upload_stream(client: TestClient, png_bytes: bytes) -> None:
     assert [e for e, _ in parse_sse(r.text)][-2:] == ["result", "done"]
 
 
-def test_no_image_question_is_answered_directly(client: TestClient, text: ScriptedModel) -> None:
+def test_no_image_question_is_answered_directly(client: TestClient, text: FakeModel) -> None:
     r = client.post("/v1/reason", json={"question": "What is 2 + 2?"})
     assert r.status_code == 200
     assert r.json()["stop_reason"] == "no_image_direct"

@@ -1,0 +1,132 @@
+"""The one scripted ModelBackend test double, for agent, app and CLI tests (never in the code).
+
+``FakeModel`` recognises the role of each request from its system prompt (tests.fakes.roles),
+answers from a per-role script, and records every call with timing, including calls that were
+cancelled (the client went away, the deadline passed). It can fail chosen calls, sleep, block on a
+gate, report unhealthy, claim JSON-schema support or not, and refuse images.
+
+    FakeModel("lvlm", script={"referee": ['{"solvable": false, ...}', SOLVED]})
+    script[role]   a string; a list consumed in order (its last item repeats); or a function
+                   ``(request, n) -> text`` with n the 1-based call count of that role
+    fail[role]     call numbers that raise ModelError ({1, 3})
+    raise_on[role] an exception every call of that role raises
+    delay_s        seconds to sleep per call (a number, or per role)
+    gate           when set, every call waits for it (tests hold calls in flight)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from models.base import ModelBackend
+from models.errors import ModelError
+from models.types import GenerationRequest, GenerationResult, Usage
+from tests.fakes.roles import DEFAULT_SCRIPT, role_of
+
+Script = str | Sequence[str] | Callable[[GenerationRequest, int], str]
+
+
+@dataclass
+class Call:
+    role: str
+    request: GenerationRequest
+    started: float = 0.0
+    finished: float = 0.0
+    cancelled: bool = False
+    done: bool = False
+
+    @property
+    def text(self) -> str:
+        """All the text the model was shown (system + user)."""
+        return "\n".join(m.text_content for m in self.request.messages)
+
+    @property
+    def user_text(self) -> str:
+        return "\n".join(m.text_content for m in self.request.messages if m.role == "user")
+
+    @property
+    def n_images(self) -> int:
+        return len(self.request.images)
+
+
+@dataclass(eq=False)
+class FakeModel(ModelBackend):
+    name: str = "fake-lvlm"
+    backend: str = "fake"
+    script: dict[str, Script] = field(default_factory=dict)
+    fail: dict[str, set[int]] = field(default_factory=dict)
+    raise_on: dict[str, BaseException] = field(default_factory=dict)
+    delay_s: float | dict[str, float] = field(default_factory=dict)
+    gate: asyncio.Event | None = None
+    started: asyncio.Event | None = None
+    healthy: bool = True
+    json_schema: bool = False
+    context: int | None = None
+    images_ok: bool = True
+    #: image tokens reported per image (counted into prompt_tokens)
+    image_tokens: int = 7
+    calls: list[Call] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.name, context_length=self.context)
+        self.supports_json_schema = self.json_schema
+        self.supports_images = self.images_ok
+
+    def _answer(self, role: str, request: GenerationRequest, n: int) -> str:
+        script = self.script.get(role, DEFAULT_SCRIPT[role])
+        if isinstance(script, str):
+            return script
+        if callable(script):
+            return script(request, n)
+        return script[min(n, len(script)) - 1]
+
+    def _delay(self, role: str) -> float:
+        return self.delay_s.get(role, 0.0) if isinstance(self.delay_s, dict) else self.delay_s
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        role = role_of(request)
+        n = self.counts[role] = self.counts.get(role, 0) + 1
+        call = Call(role, request, started=time.perf_counter())
+        self.calls.append(call)
+        if self.started is not None:
+            self.started.set()
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self._delay(role):
+                await asyncio.sleep(self._delay(role))
+            if role in self.raise_on:
+                raise self.raise_on[role]
+            if n in self.fail.get(role, set()):
+                raise ModelError(f"{self.name}: scripted failure of {role} call {n}")
+            text = self._answer(role, request, n)
+        except asyncio.CancelledError:
+            call.cancelled = True
+            raise
+        finally:
+            call.finished = time.perf_counter()
+        call.done = True
+        images = self.image_tokens * len(request.images)
+        usage = Usage(
+            prompt_tokens=sum(self.count_tokens(m.text_content) for m in request.messages) + images,
+            completion_tokens=self.count_tokens(text),
+            image_tokens=images,
+        )
+        return GenerationResult(text=text, usage=usage, model=self.name)
+
+    async def health(self) -> bool:
+        return self.healthy
+
+    def roles(self) -> list[str]:
+        return [c.role for c in self.calls]
+
+    def of(self, role: str) -> list[Call]:
+        return [c for c in self.calls if c.role == role]
+
+    @property
+    def cancelled(self) -> list[Call]:
+        return [c for c in self.calls if c.cancelled]
