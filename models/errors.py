@@ -74,14 +74,17 @@ class ModelUnavailable(ModelError):
     code = "model_unavailable"
 
 
+#: the wait an overloaded model asks for when it names none (vLLM's admission errors name none)
+DEFAULT_RETRY_AFTER_S = 5.0
+
+
 class ModelOverloaded(ModelUnavailable):
     """The model server is up but refuses new work for now: vLLM's ``QueueOverflowError`` /
     ``MaxQueuedTokensError`` (``--max-num-queued-reqs`` / ``-tokens``), ``RetryableRequestError``
-    (a paused engine), or HTTP 429/503 that outlived the retries. Retry after ``retry_after_s``."""
+    (a paused engine), or HTTP 429/503 that outlived the retries. Retry after ``retry_after_s``.
+    Same ``code`` as its base: on the wire it is the 503 it always was, now with a Retry-After."""
 
-    code = "model_overloaded"
-
-    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+    def __init__(self, message: str, *, retry_after_s: float = DEFAULT_RETRY_AFTER_S) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
 

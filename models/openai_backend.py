@@ -77,8 +77,6 @@ HEALTH_TIMEOUT_S = 5.0
 #: the header that names the question (run) a call belongs to; vLLM 0.33 reads it as the
 #: request's session id, and consistent-hash balancers can key on it
 SESSION_ID_HEADER = "X-Session-ID"
-#: what an overloaded upstream asks for when it sends no Retry-After
-DEFAULT_OVERLOAD_RETRY_AFTER_S = 1.0
 
 
 # Connection-level failures worth another attempt (the request did not reach a model, or the
@@ -370,10 +368,9 @@ class OpenAIBackend(ModelBackend):
     ) -> ModelUnavailable:
         text = f"{self.model} at {self.base_url} unavailable after {attempts} attempt(s): {why}"
         if last is not None and last.status_code in (429, 503):  # up, but refusing work
-            retry_after = last.retry_after_s
-            if retry_after is None:
-                retry_after = DEFAULT_OVERLOAD_RETRY_AFTER_S
-            return ModelOverloaded(text, retry_after_s=retry_after)
+            if last.retry_after_s is None:
+                return ModelOverloaded(text)
+            return ModelOverloaded(text, retry_after_s=last.retry_after_s)
         return ModelUnavailable(text)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:

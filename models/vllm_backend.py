@@ -81,9 +81,6 @@ INSTALL_HINT = "pip install 'proreason[vllm]'"
 #: leaves the value unset, as ``vllm serve`` does
 _DEFAULTABLE = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
-#: how long an overloaded engine asks callers to wait (vLLM's admission errors carry no delay)
-OVERLOAD_RETRY_AFTER_S = 1.0
-
 #: vLLM client-error class names -> the status vLLM's own server gives them
 #: (``entrypoints/serve/exception_handling/error_response.py`` ``create_error_response``)
 _CLIENT_ERROR_STATUS = {"VLLMNotFoundError": 404, "VLLMUnprocessableEntityError": 422}
@@ -443,10 +440,7 @@ class VLLMBackend(ModelBackend):
         if "GracefulHTTPError" in names or "RetryableRequestError" in names:
             status = _status_of(exc, default=503)
             if status in (429, 503):
-                return ModelOverloaded(
-                    f"the vLLM engine for {self.model!r} is busy: {message}",
-                    retry_after_s=OVERLOAD_RETRY_AFTER_S,
-                )
+                return ModelOverloaded(f"the vLLM engine for {self.model!r} is busy: {message}")
             if status >= 500:
                 return ModelUnavailable(f"vLLM could not take the request: {message}")
             return ModelRejected(message, status_code=status)
