@@ -232,6 +232,7 @@ class RunContext:
             sampling=self.sampling,
             json_schema=json_schema,
             request_id=f"{self.run_id}-{step.index}",
+            session_id=self.run_id,
         )
         start = time.perf_counter()
         step.started_at = start - self._t0

@@ -42,9 +42,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agents.types import Step
 from app.schemas import StepOut
 from models.errors import (
+    ContextLengthExceeded,
     InvalidRequest,
     ModelError,
     ModelLoadError,
+    ModelOverloaded,
     ModelRejected,
     ModelTimeout,
     ModelUnavailable,
@@ -167,14 +169,19 @@ def _describe_own(exc: ProReasonError) -> ErrorInfo:
         info.extra["steps"] = [s.model_dump(mode="json") for s in steps]
         return info
     if isinstance(exc, ModelRejected):
-        if exc.status_code == 413 or _CONTEXT_TOO_LONG.search(msg):
+        if (
+            isinstance(exc, ContextLengthExceeded)
+            or exc.status_code == 413
+            or _CONTEXT_TOO_LONG.search(msg)
+        ):
             text = f"the request is too large for the model: {msg}"
             return ErrorInfo(400, "invalid_request_error", "context_length_exceeded", text, param)
         return ErrorInfo(502, "upstream_error", exc.code, f"the model refused: {msg}", param)
     if isinstance(exc, ModelTimeout):
         return ErrorInfo(504, "upstream_error", exc.code, msg, param)
     if isinstance(exc, ModelUnavailable | ModelLoadError | ServiceStarting):
-        return ErrorInfo(503, "upstream_error", exc.code, msg, param, {"Retry-After": "5"})
+        retry = str(max(1, round(exc.retry_after_s))) if isinstance(exc, ModelOverloaded) else "5"
+        return ErrorInfo(503, "upstream_error", exc.code, msg, param, {"Retry-After": retry})
     if isinstance(exc, ModelError):
         return ErrorInfo(502, "upstream_error", exc.code, msg, param)
     return ErrorInfo(500, "server_error", exc.code, msg, param)

@@ -27,6 +27,9 @@ class BackendConfig(BaseModel):
     max_concurrency: int = 64
     #: send response_format=json_schema when the agents ask for structured output
     structured_output: bool = True
+    #: give each image part its sha256 as ``uuid`` (vLLM's media id: an image it has seen is not
+    #: processed again); off for strict servers that refuse unknown fields in content parts
+    media_ids: bool = True
 
     # --- transformers (in-process) ---
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...

@@ -95,3 +95,16 @@ def error_message(body: bytes | str, status_code: int) -> str:
     if not isinstance(message, str):
         message = json.dumps(message)[:300]
     return message
+
+
+def error_param(body: bytes | str) -> str | None:
+    """``error.param`` of an OpenAI / vLLM error body (vLLM names the refused parameter there,
+    e.g. ``input_tokens`` for a prompt longer than the context), else None."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        return None
+    err = data.get("error") if isinstance(data, dict) else None
+    param = err.get("param") if isinstance(err, dict) else None
+    return param if isinstance(param, str) else None

@@ -10,6 +10,19 @@
   retried only while nothing has been yielded to the caller.
 - Cancelling the awaiting task closes the in-flight HTTP request (the server sees the disconnect,
   and vLLM aborts the generation).
+- vLLM 0.33 (``entrypoints/openai/chat_completion/protocol.py``): ``max_completion_tokens``
+  (``max_tokens`` is deprecated there; OpenAI and ``transformers serve`` take it too); image parts
+  carry ``"uuid": <sha256>`` beside ``image_url`` (``renderers/chat_utils/chat_message.py``), so
+  vLLM skips re-processing an image every perception round repeats; ``usage.prompt_tokens_details``
+  (``cached_tokens``, ``multimodal_tokens``) when the server runs with
+  ``--enable-prompt-tokens-details``.
+- Headers: ``X-Request-Id`` (this call) and ``X-Session-ID`` (the question: every call of one run
+  carries it, so a consistent-hash balancer keeps the run on one server and its prefix cache;
+  vLLM 0.33 reads the same header as the request's ``session_id``,
+  ``entrypoints/generate/base/serving.py`` ``SESSION_ID_HEADER``).
+- A 400 about the prompt's size -> ``ContextLengthExceeded``; 429/503 still there after the
+  retries -> ``ModelOverloaded`` (with the upstream's ``Retry-After``). A failed finish reason
+  (``error``, ``abort``, ``content_filter``) raises (``models.types.map_finish_reason``).
 """
 
 from __future__ import annotations
@@ -27,8 +40,23 @@ import httpx
 
 from models.base import ModelBackend
 from models.config import BackendConfig
-from models.errors import ModelError, ModelLoadError, ModelRejected, ModelTimeout, ModelUnavailable
-from models.http_retry import backoff_delay, error_message, is_retryable_status, parse_retry_after
+from models.errors import (
+    ContextLengthExceeded,
+    ModelError,
+    ModelLoadError,
+    ModelOverloaded,
+    ModelRejected,
+    ModelTimeout,
+    ModelUnavailable,
+    is_context_length_error,
+)
+from models.http_retry import (
+    backoff_delay,
+    error_message,
+    error_param,
+    is_retryable_status,
+    parse_retry_after,
+)
 from models.types import (
     FinishReason,
     GenerationRequest,
@@ -46,6 +74,10 @@ log = logging.getLogger(__name__)
 #: health probes use at most this timeout (seconds)
 HEALTH_TIMEOUT_S = 5.0
 
+#: the header that names the question (run) a call belongs to; vLLM 0.33 reads it as the
+#: request's session id, and consistent-hash balancers can key on it
+SESSION_ID_HEADER = "X-Session-ID"
+
 
 # Connection-level failures worth another attempt (the request did not reach a model, or the
 # connection broke before an answer). Read/write/pool timeouts are not in here: see ModelTimeout.
@@ -53,14 +85,21 @@ _RETRYABLE_TRANSPORT = (httpx.ConnectTimeout, httpx.NetworkError, httpx.RemotePr
 
 
 # --------------------------------------------------------------------------- wire conversion
-def message_to_wire(message: Message) -> dict[str, Any]:
-    """A message as chat-completions JSON: string content when text-only, else ordered parts."""
+def message_to_wire(message: Message, *, media_ids: bool = True) -> dict[str, Any]:
+    """A message as chat-completions JSON: string content when text-only, else ordered parts;
+    with ``media_ids`` each image part carries its sha256 as vLLM's ``uuid``."""
     if all(isinstance(p, TextPart) for p in message.content):
         return {"role": message.role, "content": message.text_content}
     parts: list[dict[str, Any]] = []
     for part in message.content:
         if isinstance(part, ImagePart):
-            parts.append({"type": "image_url", "image_url": {"url": part.image.data_url()}})
+            wire: dict[str, Any] = {
+                "type": "image_url",
+                "image_url": {"url": part.image.data_url()},
+            }
+            if media_ids:
+                wire["uuid"] = part.image.sha256
+            parts.append(wire)
         else:
             parts.append({"type": "text", "text": part.text})
     return {"role": message.role, "content": parts}
@@ -81,14 +120,21 @@ async def encode_images_off_loop(request: GenerationRequest) -> None:
 
 
 def build_chat_body(
-    request: GenerationRequest, model: str, *, structured_output: bool, stream: bool = False
+    request: GenerationRequest,
+    model: str,
+    *,
+    structured_output: bool,
+    stream: bool = False,
+    media_ids: bool = True,
 ) -> dict[str, Any]:
     """The chat-completions request body for ``request``; optional fields only when set."""
     s = request.sampling
     body: dict[str, Any] = {
         "model": model,
-        "messages": [message_to_wire(m) for m in request.messages],
-        "max_tokens": s.max_tokens,
+        "messages": [message_to_wire(m, media_ids=media_ids) for m in request.messages],
+        # max_tokens is deprecated in vLLM 0.33; OpenAI and transformers serve (5.x,
+        # cli/serving/chat_completion.py) take max_completion_tokens as well
+        "max_completion_tokens": s.max_tokens,
     }
     if s.temperature is not None:
         body["temperature"] = s.temperature
@@ -115,27 +161,36 @@ def build_chat_body(
 
 
 def parse_usage(data: Any) -> Usage:
-    """``usage`` -> Usage, with image tokens when the server reports them.
+    """``usage`` -> Usage, with image and prefix-cached tokens when the server reports them.
 
-    OpenAI: ``prompt_tokens_details.image_tokens``; vLLM (only with
-    ``--enable-prompt-tokens-details``): ``prompt_tokens_details.multimodal_tokens.image``.
-    Otherwise ``image_tokens`` is None (unknown).
+    OpenAI: ``prompt_tokens_details.image_tokens`` / ``.cached_tokens``; vLLM (only with
+    ``--enable-prompt-tokens-details``; 0.33 ``PromptTokenUsageInfo`` in
+    ``entrypoints/serve/engine/protocol.py``): ``prompt_tokens_details.multimodal_tokens.image``
+    and ``.cached_tokens``. Otherwise those are None (unknown).
     """
     if not isinstance(data, Mapping):
         return Usage()
     image_tokens: int | None = None
+    cached_tokens: int | None = None
     details = data.get("prompt_tokens_details")
     if isinstance(details, Mapping):
-        if isinstance(details.get("image_tokens"), int):
+        if _is_count(details.get("image_tokens")):
             image_tokens = details["image_tokens"]
         multimodal = details.get("multimodal_tokens")
-        if isinstance(multimodal, Mapping) and isinstance(multimodal.get("image"), int):
+        if isinstance(multimodal, Mapping) and _is_count(multimodal.get("image")):
             image_tokens = multimodal["image"]
+        if _is_count(details.get("cached_tokens")):
+            cached_tokens = details["cached_tokens"]
     return Usage(
         prompt_tokens=int(data.get("prompt_tokens") or 0),
         completion_tokens=int(data.get("completion_tokens") or 0),
         image_tokens=image_tokens,
+        cached_tokens=cached_tokens,
     )
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def parse_completion(data: Any, default_model: str) -> GenerationResult:
@@ -150,7 +205,7 @@ def parse_completion(data: Any, default_model: str) -> GenerationResult:
         raise ModelError(f"malformed chat completion content from upstream: {text!r:.200}")
     return GenerationResult(
         text=text,
-        finish_reason=map_finish_reason(choice.get("finish_reason")),
+        finish_reason=map_finish_reason(choice.get("finish_reason"), model=default_model),
         usage=parse_usage(data.get("usage")),
         model=str(data.get("model") or default_model),
     )
@@ -258,14 +313,31 @@ class OpenAIBackend(ModelBackend):
 
     # ------------------------------------------------------------------ requests
     def _request_headers(self, request: GenerationRequest) -> dict[str, str]:
-        return {"X-Request-Id": request.request_id} if request.request_id else {}
+        headers: dict[str, str] = {}
+        if request.request_id:
+            headers["X-Request-Id"] = request.request_id
+        if request.session_id:
+            headers[SESSION_ID_HEADER] = request.session_id
+        return headers
+
+    def _body(self, request: GenerationRequest, *, stream: bool = False) -> dict[str, Any]:
+        return build_chat_body(
+            request,
+            self.model,
+            structured_output=self.supports_json_schema,
+            stream=stream,
+            media_ids=self.config.media_ids,
+        )
 
     def _status_error(self, response: httpx.Response) -> Exception:
-        """A non-2xx answer -> ModelRejected (final) or _RetryableStatus (429 / 5xx)."""
+        """A non-2xx answer -> ModelRejected / ContextLengthExceeded (final) or _RetryableStatus
+        (429 / 5xx)."""
         status = response.status_code
         message = error_message(response.content, status)
         if is_retryable_status(status):
             return _RetryableStatus(status, message, parse_retry_after(response.headers))
+        if status in (400, 413) and is_context_length_error(message, error_param(response.content)):
+            return ContextLengthExceeded(message, status_code=status)
         return ModelRejected(message, status_code=status)
 
     def _timeout_error(self, exc: httpx.TimeoutException) -> ModelTimeout:
@@ -287,19 +359,25 @@ class OpenAIBackend(ModelBackend):
         )
         await asyncio.sleep(delay)
 
-    def _unavailable(self, attempts: int, why: str) -> ModelUnavailable:
-        return ModelUnavailable(
-            f"{self.model} at {self.base_url} unavailable after {attempts} attempt(s): {why}"
-        )
+    def _unavailable(
+        self, attempts: int, why: str, last: _RetryableStatus | None = None
+    ) -> ModelUnavailable:
+        text = f"{self.model} at {self.base_url} unavailable after {attempts} attempt(s): {why}"
+        if last is not None and last.status_code in (429, 503):  # up, but refusing work
+            if last.retry_after_s is None:
+                return ModelOverloaded(text)
+            return ModelOverloaded(text, retry_after_s=last.retry_after_s)
+        return ModelUnavailable(text)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         await encode_images_off_loop(request)
         started = time.perf_counter()
-        body = build_chat_body(request, self.model, structured_output=self.supports_json_schema)
+        body = self._body(request)
         client, slots = self._ensure_client()
         url = self.base_url + "/chat/completions"
         headers = self._request_headers(request)
         why = ""
+        last: _RetryableStatus | None = None
         for attempt in range(self.config.max_retries + 1):
             retry_after: float | None = None
             try:
@@ -318,25 +396,25 @@ class OpenAIBackend(ModelBackend):
                 return result
             except _RetryableStatus as exc:
                 why, retry_after = f"HTTP {exc.status_code}: {exc.message}", exc.retry_after_s
+                last = exc
             except _RETRYABLE_TRANSPORT as exc:
-                why = f"{type(exc).__name__}: {exc}"
+                why, last = f"{type(exc).__name__}: {exc}", None
             except httpx.TimeoutException as exc:
                 raise self._timeout_error(exc) from exc
             except httpx.TransportError as exc:
                 raise self._unavailable(attempt + 1, f"{type(exc).__name__}: {exc}") from exc
             if attempt < self.config.max_retries:
                 await self._wait_before_retry(attempt, why, retry_after)
-        raise self._unavailable(self.config.max_retries + 1, why)
+        raise self._unavailable(self.config.max_retries + 1, why, last)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         await encode_images_off_loop(request)
-        body = build_chat_body(
-            request, self.model, structured_output=self.supports_json_schema, stream=True
-        )
+        body = self._body(request, stream=True)
         client, slots = self._ensure_client()
         url = self.base_url + "/chat/completions"
         headers = {**self._request_headers(request), "Accept": "text/event-stream"}
         why = ""
+        last: _RetryableStatus | None = None
         for attempt in range(self.config.max_retries + 1):
             retry_after: float | None = None
             yielded = False
@@ -352,19 +430,20 @@ class OpenAIBackend(ModelBackend):
                 return
             except _RetryableStatus as exc:
                 why, retry_after = f"HTTP {exc.status_code}: {exc.message}", exc.retry_after_s
+                last = exc
             except _RETRYABLE_TRANSPORT as exc:
                 if yielded:
                     raise ModelUnavailable(
                         f"{self.model} at {self.base_url}: stream broke off: {exc!r}"
                     ) from exc
-                why = f"{type(exc).__name__}: {exc}"
+                why, last = f"{type(exc).__name__}: {exc}", None
             except httpx.TimeoutException as exc:
                 raise self._timeout_error(exc) from exc
             except httpx.TransportError as exc:
                 raise self._unavailable(attempt + 1, f"{type(exc).__name__}: {exc}") from exc
             if attempt < self.config.max_retries:
                 await self._wait_before_retry(attempt, why, retry_after)
-        raise self._unavailable(self.config.max_retries + 1, why)
+        raise self._unavailable(self.config.max_retries + 1, why, last)
 
     async def _parse_stream(self, response: httpx.Response) -> AsyncIterator[StreamDelta]:
         """SSE chat-completion chunks -> text deltas, then one final delta with finish + usage."""
@@ -392,7 +471,7 @@ class OpenAIBackend(ModelBackend):
                 if text:
                     yield StreamDelta(text=text)
                 if choice.get("finish_reason") is not None:
-                    finish = map_finish_reason(choice["finish_reason"])
+                    finish = map_finish_reason(choice["finish_reason"], model=self.model)
         if not done and finish is None:
             raise ModelUnavailable(f"{self.model} at {self.base_url}: stream ended unfinished")
         yield StreamDelta(finish_reason=finish or "stop", usage=usage or Usage())

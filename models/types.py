@@ -16,15 +16,20 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from models.errors import ModelRejected, ModelUnavailable
+
 Role = Literal["system", "user", "assistant"]
 
 
 class ImageInput:
     """A decoded, normalised RGB image plus a content hash.
 
-    The hash keys caches (per-image preprocessing, encoded data URLs). The PNG/JPEG data URL is
-    encoded lazily, once per image, and reused by every request that carries it (every perception
-    round of a question reuses the same bytes, which also keeps vLLM's prefix cache warm).
+    The hash keys caches (per-image preprocessing, encoded data URLs) and is the media id vLLM
+    gets (``uuid`` / ``multi_modal_uuids``), so it covers the size as well as the pixels: two
+    images with the same bytes but another shape must not share processed features. The PNG data
+    URL is encoded lazily, once per image, and reused by every request that carries it (every
+    perception round of a question reuses the same bytes, which also keeps vLLM's prefix cache
+    warm).
     """
 
     __slots__ = ("_data_url", "_lock", "image", "sha256")
@@ -33,7 +38,12 @@ class ImageInput:
         if image.mode != "RGB":
             image = image.convert("RGB")
         self.image = image
-        self.sha256 = sha256 or hashlib.sha256(image.tobytes()).hexdigest()
+        if sha256 is None:
+            w, h = image.size
+            digest = hashlib.sha256(f"RGB {w}x{h}\n".encode("ascii"))
+            digest.update(image.tobytes())
+            sha256 = digest.hexdigest()
+        self.sha256 = sha256
         self._data_url: str | None = None
         self._lock = threading.Lock()
 
@@ -116,11 +126,20 @@ class GenerationRequest:
     messages: tuple[Message, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     json_schema: dict[str, Any] | None = None  # ask for structured JSON output when supported
+    #: this call's id (one per model call; sent as ``X-Request-Id``)
     request_id: str | None = None
+    #: the id shared by every call of one question (the run id): sent as ``X-Session-ID`` so a
+    #: consistent-hash balancer keeps the question on one server (and its prefix cache); vLLM
+    #: in-process takes it as ``session_id``
+    session_id: str | None = None
 
     @property
     def images(self) -> list[ImageInput]:
         return [img for m in self.messages for img in m.images]
+
+
+def _add_optional(a: int | None, b: int | None) -> int | None:
+    return None if a is None and b is None else (a or 0) + (b or 0)
 
 
 @dataclass
@@ -128,24 +147,26 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     image_tokens: int | None = None  # None: the backend cannot tell
+    #: prompt tokens served from the prefix cache (vLLM's ``num_cached_tokens``, OpenAI's
+    #: ``usage.prompt_tokens_details.cached_tokens``); None: the backend cannot tell
+    cached_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
     def __add__(self, other: Usage) -> Usage:
-        if self.image_tokens is None and other.image_tokens is None:
-            image_tokens = None
-        else:
-            image_tokens = (self.image_tokens or 0) + (other.image_tokens or 0)
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
-            image_tokens,
+            _add_optional(self.image_tokens, other.image_tokens),
+            _add_optional(self.cached_tokens, other.cached_tokens),
         )
 
 
-FinishReason = Literal["stop", "length", "error", "cancelled"]
+#: how a generation that produced an answer ended. A generation that failed ("error", "abort",
+#: "content_filter") has no FinishReason: ``map_finish_reason`` raises instead.
+FinishReason = Literal["stop", "length"]
 
 _FINISH_REASONS: dict[str, FinishReason] = {
     "stop": "stop",
@@ -153,16 +174,36 @@ _FINISH_REASONS: dict[str, FinishReason] = {
     "tool_calls": "stop",
     "function_call": "stop",
     "length": "length",
-    "content_filter": "error",
-    "error": "error",
-    "abort": "cancelled",
-    "cancelled": "cancelled",
+    # vLLM >= 0.3x: repetitive token pattern detected; the text was cut short, as by max_tokens
+    "repetition": "length",
 }
 
 
-def map_finish_reason(value: object) -> FinishReason:
-    """A server's / engine's finish reason (OpenAI, vLLM) as ours; unknown or None -> "stop"."""
-    return "stop" if value is None else _FINISH_REASONS.get(str(value), "stop")
+def map_finish_reason(value: object, *, model: str = "the model") -> FinishReason:
+    """A server's / engine's finish reason (OpenAI, vLLM) as ours; unknown or None -> "stop".
+
+    The one place both HTTP and in-process backends decide whether a generation is an answer.
+    Failures raise, so their partial text never becomes an answer (or enters an agent's memory):
+
+    - ``error`` (vLLM: a request-level internal error; its own server answers 500) and ``abort``
+      / ``cancelled`` (the engine dropped the request: paused, draining, shutting down)
+      -> ``ModelUnavailable``;
+    - ``content_filter`` (OpenAI) -> ``ModelRejected``.
+
+    vLLM 0.33's reasons: ``FINISH_REASON_STRINGS`` in ``vllm/v1/engine/__init__.py``
+    (stop, length, abort, error, repetition); its server raises on ``error`` in
+    ``GenerateBaseServing._raise_if_error`` (``vllm/entrypoints/generate/base/serving.py``).
+    """
+    if value is None:
+        return "stop"
+    reason = str(value)
+    if reason == "error":
+        raise ModelUnavailable(f"{model} failed while generating (finish_reason=error)")
+    if reason in ("abort", "cancelled"):
+        raise ModelUnavailable(f"{model} aborted the generation (finish_reason={reason})")
+    if reason == "content_filter":
+        raise ModelRejected(f"{model} withheld the answer (finish_reason=content_filter)")
+    return _FINISH_REASONS.get(reason, "stop")
 
 
 @dataclass

@@ -3,20 +3,38 @@
 - ``VLLMBackend(config)`` is cheap; ``await start()`` imports vLLM and builds
   ``AsyncLLM.from_engine_args(AsyncEngineArgs(model=config.model, **config.engine_args))``
   (``generate`` starts it lazily otherwise). vLLM missing -> ``ModelLoadError`` naming the extra.
-- Prompts: the model's chat template (``apply_chat_template(..., tokenize=False,
-  add_generation_prompt=True)``) renders the messages, with an ``{"type": "image"}`` part where
-  each image goes; the images travel as ``multi_modal_data={"image": [PIL images]}`` in the
-  prompt dict and vLLM's processor expands the placeholders.
+- Prompts go through vLLM's chat renderer, as ``LLM.chat`` does (vLLM 0.33:
+  ``entrypoints/common/offline.py`` ``_preprocess_chat`` -> ``renderers/base.py``
+  ``render_chat_async``): OpenAI-style messages whose images are ``{"type": "image_pil",
+  "image_pil": <PIL>, "uuid": <sha256>}`` parts (``renderers/chat_utils/types.py``
+  ``CustomChatCompletionContentPILImageParam``), the model's chat template with
+  ``add_generation_prompt=True`` and the chat path's ``add_special_tokens=False``. The rendered
+  ``EngineInput`` goes to ``AsyncLLM.generate``; the raw ``{"prompt": str, "multi_modal_data"}``
+  input is deprecated in 0.33 and tokenized with ``add_special_tokens=True`` (a double BOS).
+  The image's sha256 is its media id (``multi_modal_uuids``): vLLM skips re-processing an image
+  it has seen, which every perception round of a question repeats.
+  Engines without a renderer (older vLLM) get the legacy ``ChatTemplatePrompt`` (template text +
+  ``multi_modal_data`` + ``multi_modal_uuids``).
+- ``GenerationRequest.session_id`` (one per question) is passed as ``generate(session_id=...)``
+  when the engine takes it (vLLM 0.33).
 - Concurrent ``generate`` calls are batched by the engine (continuous batching); ``generate`` asks
   for the final output only, ``stream`` for deltas.
 - Cancelling the caller (or closing a stream early) aborts the engine request
   (``engine.abort(request_id)``), so no GPU time is spent on answers nobody reads.
 - ``json_schema`` -> ``SamplingParams(structured_outputs=StructuredOutputsParams(json=schema))``
   (vLLM >= 0.12; the old ``guided_decoding`` spelling was removed).
+- Errors (vLLM 0.33 ``vllm/exceptions.py``, ``vllm/v1/engine/exceptions.py``), matched by class
+  name along the MRO so no vLLM import is needed: ``VLLMValidationError`` & co.
+  (``VLLMClientError``, not ``ValueError``) -> ``ModelRejected``, ``ContextLengthExceeded`` when
+  the prompt is too long; ``GracefulHTTPError`` (``QueueOverflowError``, ``MaxQueuedTokensError``)
+  and ``RetryableRequestError`` -> ``ModelOverloaded``; ``EngineDeadError`` ->
+  ``ModelUnavailable``. A ``finish_reason`` of ``error`` or ``abort`` raises
+  (``models.types.map_finish_reason``): partial text of a failed generation is never an answer.
 
 The constructor takes an optional ``engine`` (anything with ``generate(prompt, sampling_params,
-request_id)`` -> async iterator of RequestOutput-like objects, ``abort(request_id)``), a
-``prompt_builder`` and the vLLM names (``api``), so tests run the real code path on a fake engine.
+request_id)`` -> async iterator of RequestOutput-like objects, ``abort(request_id)``, and
+optionally a ``renderer``), a ``prompt_builder`` (sync or async) and the vLLM names (``api``), so
+tests run the real code path on a fake engine.
 """
 
 from __future__ import annotations
@@ -34,11 +52,14 @@ from typing import Any
 from models.base import ModelBackend
 from models.config import BackendConfig
 from models.errors import (
+    ContextLengthExceeded,
     ModelError,
     ModelLoadError,
+    ModelOverloaded,
     ModelRejected,
     ModelUnavailable,
     ProReasonError,
+    is_context_length_error,
 )
 from models.types import (
     FinishReason,
@@ -60,7 +81,12 @@ INSTALL_HINT = "pip install 'proreason[vllm]'"
 #: leaves the value unset, as ``vllm serve`` does
 _DEFAULTABLE = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
+#: vLLM client-error class names -> the status vLLM's own server gives them
+#: (``entrypoints/serve/exception_handling/error_response.py`` ``create_error_response``)
+_CLIENT_ERROR_STATUS = {"VLLMNotFoundError": 404, "VLLMUnprocessableEntityError": 422}
 
+
+#: GenerationRequest -> what ``engine.generate`` takes (or an awaitable of it)
 PromptBuilder = Callable[[GenerationRequest], Any]
 
 
@@ -75,6 +101,10 @@ class VLLMApi:
     StructuredOutputsParams: Callable[..., Any] | None
     #: BackendConfig -> a started ``AsyncLLM``
     create_engine: Callable[[BackendConfig], Any]
+    #: ``vllm.renderers.ChatParams``; None: this vLLM has no renderer (legacy prompt dicts)
+    ChatParams: Callable[..., Any] | None = None
+    #: ``vllm.utils.mistral.is_mistral_tokenizer`` (Mistral templates render to token ids)
+    is_mistral_tokenizer: Callable[[Any], bool] | None = None
 
 
 def load_vllm_api() -> VLLMApi:
@@ -93,6 +123,14 @@ def load_vllm_api() -> VLLMApi:
         from vllm.sampling_params import StructuredOutputsParams
     except ImportError:
         StructuredOutputsParams = None
+    try:
+        from vllm.renderers import ChatParams
+    except ImportError:  # vLLM before the renderer refactor
+        ChatParams = None
+    try:
+        from vllm.utils.mistral import is_mistral_tokenizer
+    except ImportError:
+        is_mistral_tokenizer = None
 
     def create_engine(config: BackendConfig) -> Any:
         engine_args = dict(config.engine_args)
@@ -100,7 +138,77 @@ def load_vllm_api() -> VLLMApi:
             engine_args.setdefault("max_model_len", config.context_length)
         return AsyncLLM.from_engine_args(AsyncEngineArgs(model=config.model, **engine_args))
 
-    return VLLMApi(SamplingParams, RequestOutputKind, StructuredOutputsParams, create_engine)
+    return VLLMApi(
+        SamplingParams,
+        RequestOutputKind,
+        StructuredOutputsParams,
+        create_engine,
+        ChatParams=ChatParams,
+        is_mistral_tokenizer=is_mistral_tokenizer,
+    )
+
+
+def vllm_chat_message(message: Message) -> dict[str, Any]:
+    """A message for vLLM's chat renderer: string content when text-only, else ordered parts,
+    each image a PIL part carrying its sha256 as the media id (``uuid``)."""
+    if all(isinstance(p, TextPart) for p in message.content):
+        return {"role": message.role, "content": message.text_content}
+    parts: list[dict[str, Any]] = []
+    for part in message.content:
+        if isinstance(part, ImagePart):
+            parts.append(
+                {"type": "image_pil", "image_pil": part.image.image, "uuid": part.image.sha256}
+            )
+        else:
+            parts.append({"type": "text", "text": part.text})
+    return {"role": message.role, "content": parts}
+
+
+class RendererPrompt:
+    """GenerationRequest -> vLLM ``EngineInput`` through the engine's chat renderer.
+
+    The same call ``LLM.chat`` makes (vLLM 0.33 ``entrypoints/common/offline.py``
+    ``_preprocess_chat``): ``ChatParams`` with ``add_generation_prompt=True`` (``tokenize`` only
+    for Mistral tokenizers / prompt embeds), the renderer's ``default_chat_tok_params`` with
+    ``add_special_tokens=False`` (the template writes BOS; vLLM #55197), then
+    ``renderer.render_chat_async([conversation], chat_params, tok_params)``, which applies the
+    template, tokenizes, checks the length against ``max_model_len`` (``VLLMValidationError``)
+    and runs the multimodal processor (cached by media id).
+    """
+
+    def __init__(self, renderer: Any, chat_params: Any, tok_params: Any) -> None:
+        self.renderer = renderer
+        self.chat_params = chat_params
+        self.tok_params = tok_params
+
+    @classmethod
+    def for_engine(cls, engine: Any, api: VLLMApi) -> RendererPrompt | None:
+        """The renderer path for ``engine``, or None when it (or this vLLM) has none."""
+        renderer = getattr(engine, "renderer", None)
+        if api.ChatParams is None or not hasattr(renderer, "render_chat_async"):
+            return None
+        tokenize = False
+        if api.is_mistral_tokenizer is not None:
+            tokenize = bool(api.is_mistral_tokenizer(getattr(renderer, "tokenizer", None)))
+        model_config = getattr(engine, "model_config", None)
+        tokenize = tokenize or bool(getattr(model_config, "enable_prompt_embeds", False))
+        chat_params = api.ChatParams(
+            chat_template_kwargs={
+                "add_generation_prompt": True,
+                "continue_final_message": False,
+                "tokenize": tokenize,
+            }
+        )
+        tok_params = renderer.default_chat_tok_params.with_kwargs(add_special_tokens=False)
+        return cls(renderer, chat_params, tok_params)
+
+    async def __call__(self, request: GenerationRequest) -> Any:
+        conversation = [vllm_chat_message(m) for m in request.messages]
+        _, engine_inputs = await self.renderer.render_chat_async(
+            [conversation], self.chat_params, self.tok_params
+        )
+        (engine_input,) = engine_inputs
+        return engine_input
 
 
 def hf_chat_message(message: Message) -> dict[str, Any]:
@@ -118,10 +226,12 @@ def hf_chat_message(message: Message) -> dict[str, Any]:
 
 
 class ChatTemplatePrompt:
-    """GenerationRequest -> vLLM prompt dict, rendered with the model's chat template.
+    """GenerationRequest -> legacy vLLM prompt dict, rendered with the model's chat template.
 
-    ``template_owner`` is the tokenizer (or, for models whose template lives only on the
-    processor, the processor): anything with ``apply_chat_template``.
+    For engines without a renderer (vLLM before 0.2x); deprecated in 0.33, where
+    ``RendererPrompt`` is the supported path. ``template_owner`` is the tokenizer (or, for
+    models whose template lives only on the processor, the processor): anything with
+    ``apply_chat_template``.
     """
 
     def __init__(self, template_owner: Any) -> None:
@@ -135,9 +245,10 @@ class ChatTemplatePrompt:
         if not isinstance(text, str):
             raise ModelError(f"chat template returned {type(text).__name__}, expected text")
         prompt: dict[str, Any] = {"prompt": text}
-        images = [img.image for img in request.images]
+        images = request.images
         if images:
-            prompt["multi_modal_data"] = {"image": images}
+            prompt["multi_modal_data"] = {"image": [img.image for img in images]}
+            prompt["multi_modal_uuids"] = {"image": [img.sha256 for img in images]}
         return prompt
 
 
@@ -171,6 +282,7 @@ class VLLMBackend(ModelBackend):
         self._prompt_builder = prompt_builder
         self._sampling_defaults: dict[str, Any] = {}
         self._image_token_id: int | None = None
+        self._takes_session_id = False
         self._started = False
         self._start_lock = asyncio.Lock()
 
@@ -199,8 +311,14 @@ class VLLMBackend(ModelBackend):
             self._read_model_config(getattr(self._engine, "model_config", None))
             if self._api.StructuredOutputsParams is None:
                 self.supports_json_schema = False
+            self._takes_session_id = _accepts_keyword(self._engine.generate, "session_id")
             if self._prompt_builder is None:
-                self._prompt_builder = ChatTemplatePrompt(await self._template_owner())
+                renderer_prompt = RendererPrompt.for_engine(self._engine, self._api)
+                if renderer_prompt is not None:
+                    self._prompt_builder = renderer_prompt
+                    await self._load_tokenizer()  # for count_tokens only; never fatal
+                else:
+                    self._prompt_builder = ChatTemplatePrompt(await self._template_owner())
             self._started = True
 
     def _read_model_config(self, model_config: Any) -> None:
@@ -224,6 +342,17 @@ class VLLMBackend(ModelBackend):
             if isinstance(token_id, int):
                 self._image_token_id = token_id
                 break
+
+    async def _load_tokenizer(self) -> None:
+        if self._tokenizer is not None:
+            return
+        get_tokenizer = getattr(self._engine, "get_tokenizer", None)
+        if get_tokenizer is None:
+            return
+        try:
+            self._tokenizer = await _maybe_await(get_tokenizer())
+        except Exception as exc:  # e.g. skip_tokenizer_init: count_tokens approximates
+            log.debug("%r: no tokenizer (%r)", self, exc)
 
     async def _template_owner(self) -> Any:
         if self._tokenizer is None:
@@ -297,15 +426,34 @@ class VLLMBackend(ModelBackend):
         return self._api.SamplingParams(**kwargs)
 
     def _map_error(self, exc: Exception) -> ProReasonError:
+        """vLLM's exceptions -> ours, by class name along the MRO (vLLM 0.33:
+        ``vllm/exceptions.py``, ``vllm/v1/engine/exceptions.py``; the statuses its own server
+        gives them: ``entrypoints/serve/exception_handling/error_response.py``)."""
         if isinstance(exc, ProReasonError):
             return exc
         names = {cls.__name__ for cls in type(exc).__mro__}
+        message = str(exc) or type(exc).__name__
         if "EngineDeadError" in names:
             return ModelUnavailable(f"the vLLM engine for {self.model!r} is dead: {exc!r}")
-        # vLLM's VLLMValidationError is a ValueError (prompt too long, too many images, ...);
-        # a chat template's raise_exception() is a jinja2 TemplateError (e.g. role order).
-        if isinstance(exc, ValueError) or "TemplateError" in names:
-            return ModelRejected(str(exc) or type(exc).__name__, status_code=400)
+        # Admission control (QueueOverflowError, MaxQueuedTokensError: 503) and a paused engine
+        # (RetryableRequestError, a GenerationError with status 503): busy, retry later.
+        if "GracefulHTTPError" in names or "RetryableRequestError" in names:
+            status = _status_of(exc, default=503)
+            if status in (429, 503):
+                return ModelOverloaded(f"the vLLM engine for {self.model!r} is busy: {message}")
+            if status >= 500:
+                return ModelUnavailable(f"vLLM could not take the request: {message}")
+            return ModelRejected(message, status_code=status)
+        if "GenerationError" in names:  # finish_reason "error" surfaced as an exception
+            return ModelError(f"vLLM failed on {self.model!r} while generating: {message}")
+        # VLLMValidationError & co. are VLLMClientError, not ValueError, in 0.33 (prompt too
+        # long, too many images, bad sampling values); vLLM still raises plain ValueError in
+        # places, and a chat template's raise_exception() is a jinja2 TemplateError.
+        if "VLLMClientError" in names or isinstance(exc, ValueError) or "TemplateError" in names:
+            if is_context_length_error(message, getattr(exc, "parameter", None)):
+                return ContextLengthExceeded(message, status_code=400)
+            status = next((s for n, s in _CLIENT_ERROR_STATUS.items() if n in names), 400)
+            return ModelRejected(message, status_code=status)
         return ModelError(f"vLLM failed on {self.model!r}: {type(exc).__name__}: {exc}")
 
     async def _outputs(
@@ -318,7 +466,7 @@ class VLLMBackend(ModelBackend):
             raise ModelUnavailable(f"the vLLM backend for {self.model!r} is closed")
         engine = self._engine
         try:
-            prompt = self._prompt_builder(request)
+            prompt = await _maybe_await(self._prompt_builder(request))
             params = self._sampling_params(
                 request, getattr(self._api.RequestOutputKind, output_kind_name)
             )
@@ -327,7 +475,10 @@ class VLLMBackend(ModelBackend):
         # vLLM needs ids unique among running requests; a caller's id may be reused across rounds.
         request_id = f"{request.request_id or 'proreason'}-{uuid.uuid4().hex[:12]}"
         finished = False
-        outputs = engine.generate(prompt, params, request_id)
+        extra: dict[str, Any] = {}
+        if request.session_id and self._takes_session_id:
+            extra["session_id"] = request.session_id
+        outputs = engine.generate(prompt, params, request_id, **extra)
         try:
             async for output in outputs:
                 finished = bool(getattr(output, "finished", False))
@@ -346,12 +497,17 @@ class VLLMBackend(ModelBackend):
                 except Exception as exc:
                     log.warning("aborting vLLM request %s failed: %r", request_id, exc)
 
-    def _usage(self, prompt_token_ids: Sequence[int] | None, completion_tokens: int) -> Usage:
+    def _usage(
+        self,
+        prompt_token_ids: Sequence[int] | None,
+        completion_tokens: int,
+        cached_tokens: int | None = None,
+    ) -> Usage:
         prompt_ids = list(prompt_token_ids or ())
         image_tokens = None
         if self._image_token_id is not None:
             image_tokens = prompt_ids.count(self._image_token_id)
-        return Usage(len(prompt_ids), completion_tokens, image_tokens)
+        return Usage(len(prompt_ids), completion_tokens, image_tokens, cached_tokens)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         started = time.perf_counter()
@@ -364,8 +520,10 @@ class VLLMBackend(ModelBackend):
         completion = last.outputs[0]
         return GenerationResult(
             text=completion.text,
-            finish_reason=map_finish_reason(completion.finish_reason),
-            usage=self._usage(last.prompt_token_ids, len(completion.token_ids)),
+            finish_reason=map_finish_reason(completion.finish_reason, model=self._who),
+            usage=self._usage(
+                last.prompt_token_ids, len(completion.token_ids), _cached_tokens(last)
+            ),
             latency_s=time.perf_counter() - started,
             model=self.model,
         )
@@ -373,17 +531,52 @@ class VLLMBackend(ModelBackend):
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         prompt_ids: Sequence[int] | None = None
         completion_tokens = 0
+        cached: int | None = None
         finish: FinishReason | None = None
         async with contextlib.aclosing(self._outputs(request, "DELTA")) as outputs:
             async for output in outputs:
                 if output.prompt_token_ids:
                     prompt_ids = output.prompt_token_ids
+                if output.finished:
+                    cached = _cached_tokens(output)
                 for completion in output.outputs[:1]:
                     completion_tokens += len(completion.token_ids)
+                    # the reason first: the text of a failed generation is not yielded
+                    if completion.finish_reason is not None:
+                        finish = map_finish_reason(completion.finish_reason, model=self._who)
                     if completion.text:
                         yield StreamDelta(text=completion.text)
-                    if completion.finish_reason is not None:
-                        finish = map_finish_reason(completion.finish_reason)
         yield StreamDelta(
-            finish_reason=finish or "stop", usage=self._usage(prompt_ids, completion_tokens)
+            finish_reason=finish or "stop",
+            usage=self._usage(prompt_ids, completion_tokens, cached),
         )
+
+    @property
+    def _who(self) -> str:
+        return f"vLLM ({self.model})"
+
+
+def _accepts_keyword(func: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _status_of(exc: BaseException, default: int) -> int:
+    """The HTTP status a vLLM exception carries (``http_status`` / ``status_code``)."""
+    for name in ("http_status", "status_code"):
+        value = getattr(exc, name, None)
+        try:
+            if value is not None:
+                return int(value)
+        except (TypeError, ValueError):
+            continue
+    return default
+
+
+def _cached_tokens(output: Any) -> int | None:
+    """``RequestOutput.num_cached_tokens`` (prefix-cache hits), None when not reported."""
+    value = getattr(output, "num_cached_tokens", None)
+    return value if isinstance(value, int) else None

@@ -314,6 +314,11 @@ async def test_run_options_override_the_config(make_reasoner, image: ImageInput)
     requests = [c.request for c in vision.calls + text.calls]
     assert {r.sampling.max_tokens for r in requests} == {5}
     assert {r.sampling.temperature for r in requests} == {0.7}
+    # one session id per question (balancer affinity), one request id per call
+    (session,) = {r.session_id for r in requests}
+    assert session is not None
+    assert len({r.request_id for r in requests}) == len(requests)
+    assert all(r.request_id.startswith(f"{session}-") for r in requests)
 
 
 async def test_trace_is_json_friendly(make_reasoner, image: ImageInput) -> None:

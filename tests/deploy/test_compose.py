@@ -102,6 +102,7 @@ def test_model_servers(rendered, files: tuple[Path, ...], profiles: tuple[str, .
         serve = parse_vllm_serve(svc)
         assert serve.one("--served-model-name") == serve.model
         assert "--enable-prefix-caching" in serve.flags
+        assert "--enable-prompt-tokens-details" in serve.flags  # image + cached tokens in usage
         assert serve.one("--host") == "0.0.0.0"
         # media fetching locked down: the app sends only data: URLs
         assert "--allowed-local-media-path" not in serve.flags

@@ -13,8 +13,16 @@ import openai
 import pytest
 from PIL import Image
 
+from app.errors import describe
 from models.config import BackendConfig
-from models.errors import ModelError, ModelRejected, ModelTimeout, ModelUnavailable
+from models.errors import (
+    ContextLengthExceeded,
+    ModelError,
+    ModelOverloaded,
+    ModelRejected,
+    ModelTimeout,
+    ModelUnavailable,
+)
 from models.http_retry import (
     MAX_BACKOFF_S,
     MAX_RETRY_AFTER_S,
@@ -79,11 +87,13 @@ async def test_generate_sends_image_first_and_parses_the_answer(
     user = body["messages"][1]
     assert user["role"] == "user"
     assert user["content"] == [
-        {"type": "image_url", "image_url": {"url": image.data_url()}},
+        # the sha256 as vLLM's media id, beside image_url (vLLM 0.33 chat_message.py)
+        {"type": "image_url", "image_url": {"url": image.data_url()}, "uuid": image.sha256},
         {"type": "text", "text": "What is red?"},
     ]
     assert user["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
-    assert body["max_tokens"] == 32
+    assert body["max_completion_tokens"] == 32  # max_tokens is deprecated in vLLM 0.33
+    assert "max_tokens" not in body
     assert body["temperature"] == 0.0
     assert body["top_p"] == 0.9
     assert body["stop"] == ["\n"]
@@ -97,7 +107,7 @@ async def test_generate_sends_image_first_and_parses_the_answer(
 
 def test_unset_sampling_fields_are_omitted_and_min_tokens_is_sent_when_set() -> None:
     body = build_chat_body(_request("hi"), "m", structured_output=True)
-    assert set(body) == {"model", "messages", "max_tokens"}
+    assert set(body) == {"model", "messages", "max_completion_tokens"}
     assert body["messages"] == [{"role": "user", "content": "hi"}]
 
     body = build_chat_body(
@@ -123,6 +133,27 @@ def test_part_order_is_kept_and_data_urls_are_encoded_once(shapes_image: Image.I
     assert parts[1]["image_url"]["url"] != parts[3]["image_url"]["url"]
     # the same cached string object is reused, not re-encoded
     assert parts[1]["image_url"]["url"] is body2["messages"][0]["content"][1]["image_url"]["url"]
+
+
+def test_media_ids_can_be_turned_off_for_strict_servers(shapes_image: Image.Image) -> None:
+    request = GenerationRequest(messages=(Message.user("hi", [ImageInput(shapes_image)]),))
+    (part, _) = build_chat_body(request, "m", structured_output=False, media_ids=False)["messages"][
+        0
+    ]["content"]
+    assert set(part) == {"type", "image_url"}
+
+
+def test_the_body_uses_only_fields_transformers_serve_accepts() -> None:
+    """``transformers serve`` answers 422 to unknown top-level fields: every field we may send
+    (min_tokens aside, a vLLM extra sent only when asked for) is in its allow-list."""
+    serving = pytest.importorskip("transformers.cli.serving.chat_completion")
+    allowed = serving.TransformersCompletionCreateParamsStreaming.__mutable_keys__
+    request = _request(
+        "hi", sampling=SamplingParams(max_tokens=4, temperature=0.1, top_p=0.9, stop=("x",), seed=1)
+    )
+    body = build_chat_body(request, "m", structured_output=True, stream=True)
+    assert "max_completion_tokens" in allowed
+    assert set(body) <= set(allowed)
 
 
 SCHEMA = {
@@ -177,8 +208,41 @@ def test_parse_usage_accepts_openai_and_vllm_shapes() -> None:
         "prompt_tokens_details": {"cached_tokens": 0, "image_tokens": 85},
     }
     assert parse_usage(openai_shape).image_tokens == 85
+    assert parse_usage(openai_shape).cached_tokens == 0
     vllm_text_only = {"prompt_tokens": 9, "prompt_tokens_details": {"multimodal_tokens": None}}
     assert parse_usage(vllm_text_only) == Usage(9, 0, None)
+    vllm_details = {
+        "prompt_tokens": 300,
+        "completion_tokens": 4,
+        "prompt_tokens_details": {"cached_tokens": 272, "multimodal_tokens": {"image": 256}},
+    }
+    assert parse_usage(vllm_details) == Usage(300, 4, image_tokens=256, cached_tokens=272)
+
+
+async def test_cached_tokens_from_prompt_tokens_details(
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
+) -> None:
+    details = {"prompt_tokens_details": {"cached_tokens": 16, "multimodal_tokens": None}}
+    openai_server.responder = lambda body: Reply("ok", prompt_tokens=20, usage_extra=details)
+    backend = make_backend()
+    result = await backend.generate(_request())
+    assert result.usage.cached_tokens == 16
+    final = (await _collect(backend, _request()))[-1]
+    assert final.usage is not None and final.usage.cached_tokens == 16
+    total = result.usage + final.usage + Usage(1, 1)
+    assert total.cached_tokens == 32
+
+
+@pytest.mark.parametrize("reason", ["error", "abort", "content_filter"])
+async def test_a_failed_finish_reason_raises_instead_of_answering(
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend, reason: str
+) -> None:
+    openai_server.responder = lambda body: Reply("half an answ", finish_reason=reason)
+    expected = ModelRejected if reason == "content_filter" else ModelUnavailable
+    with pytest.raises(expected, match=f"finish_reason={reason}"):
+        await make_backend().generate(_request())
+    with pytest.raises(expected, match=f"finish_reason={reason}"):
+        await _collect(make_backend(), _request())
 
 
 async def test_finish_reason_length_and_reported_usage(
@@ -358,6 +422,56 @@ async def test_other_4xx_are_rejected_without_retry(
     assert len(openai_server.chat_requests) == 1
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        # renderers/params.py _token_len_check: parameter "input_tokens"
+        Failure.vllm_error(
+            400,
+            "This model's maximum context length is 4096 tokens. However, your prompt contains "
+            "5000 input tokens, which exceeds this limit even without any output tokens.",
+            param="input_tokens",
+        ),
+        Failure.vllm_error(
+            400, "The decoder prompt (length 5000) is longer than the maximum model length of 4096."
+        ),
+        Failure.vllm_error(400, "At most 2 image(s) may be provided in one prompt.", param="image"),
+        Failure.vllm_error(400, "the upstream's own words", param="input_tokens"),
+    ],
+)
+async def test_a_prompt_too_large_for_the_model_is_context_length_exceeded(
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend, failure: Failure
+) -> None:
+    openai_server.fail_next(failure)
+    with pytest.raises(ContextLengthExceeded) as info:
+        await make_backend().generate(_request())
+    assert info.value.status_code == 400
+    assert len(openai_server.chat_requests) == 1
+    described = describe(info.value)
+    assert (described.status, described.code) == (400, "context_length_exceeded")
+
+
+async def test_overload_outliving_the_retries_is_model_overloaded_with_retry_after(
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
+) -> None:
+    # vLLM's QueueOverflowError (--max-num-queued-reqs) reaches HTTP clients as a 503
+    openai_server.fail_next(Failure.status(503, retry_after=0.02), times=3)
+    with pytest.raises(ModelOverloaded) as info:
+        await make_backend(max_retries=2).generate(_request())
+    assert info.value.retry_after_s == pytest.approx(0.02)
+    described = describe(info.value)
+    assert described.status == 503 and "Retry-After" in described.headers
+
+    openai_server.fail_next(Failure.status(500), times=3)
+    with pytest.raises(ModelUnavailable) as plain:
+        await make_backend(max_retries=2).generate(_request())
+    assert not isinstance(plain.value, ModelOverloaded)
+
+    openai_server.fail_next(Failure.status(429), times=3)
+    with pytest.raises(ModelOverloaded):
+        await _collect(make_backend(max_retries=2), _request())
+
+
 async def test_unknown_model_is_rejected_with_404(
     openai_server: FakeOpenAIServer, make_backend: MakeBackend
 ) -> None:
@@ -491,6 +605,20 @@ async def test_request_id_is_forwarded(
 ) -> None:
     await make_backend().generate(_request(request_id="req-42"))
     assert openai_server.chat_requests[0].headers["x-request-id"] == "req-42"
+    assert "x-session-id" not in openai_server.chat_requests[0].headers
+
+
+async def test_every_call_of_a_question_carries_its_session_id(
+    openai_server: FakeOpenAIServer, make_backend: MakeBackend
+) -> None:
+    """One X-Session-ID per question (vLLM 0.33's SESSION_ID_HEADER; a consistent-hash balancer
+    keys on it), one X-Request-Id per call."""
+    backend = make_backend()
+    await backend.generate(_request(request_id="run9-0", session_id="run9"))
+    await _collect(backend, _request(request_id="run9-1", session_id="run9"))
+    first, second = openai_server.chat_requests
+    assert first.headers["x-session-id"] == second.headers["x-session-id"] == "run9"
+    assert (first.headers["x-request-id"], second.headers["x-request-id"]) == ("run9-0", "run9-1")
 
 
 async def test_a_backend_survives_a_new_event_loop(openai_server: FakeOpenAIServer) -> None:
