@@ -293,7 +293,9 @@ class OpenAIBackend(ModelBackend):
         healthy (the request, not the server, is at fault); else return what to compare next."""
         if exc.status_code != 500:
             return None
-        if exc.message == previous and await self.health():
+        # Twice: a server whose handler raised closes that connection just after its 500
+        # (uvicorn), and the first probe may race it on the pooled connection.
+        if exc.message == previous and (await self.health() or await self.health()):
             raise ModelRejected(
                 f"{self.model} at {self.base_url} failed this request twice with HTTP 500 "
                 f"while healthy (not retried further): {exc.message}",
