@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -93,6 +94,11 @@ def model_set(request: pytest.FixtureRequest) -> ModelSet:
         if not (folder / "config.json").is_file():
             pytest.fail(f"${DEMO_MODELS_ENV}: {folder} is not a model folder")
     return models
+
+
+@pytest.fixture(scope="session")
+def data_url(shapes_png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(shapes_png.read_bytes()).decode()
 
 
 @pytest.fixture(scope="session")
