@@ -15,11 +15,13 @@ It serves exactly one model: a request's ``model`` must equal the folder path as
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import httpx
@@ -29,17 +31,28 @@ READY_TIMEOUT_S = 90.0
 
 
 def serving_available() -> str | None:
-    """None when ``transformers serve`` can run here; else why not (for a skip reason)."""
-    try:
-        from transformers.utils.import_utils import is_serve_available
-    except ImportError:
-        return "transformers is not installed"
-    if not is_serve_available():
-        import transformers
+    """None when ``transformers serve`` can run here; else why not (for a skip reason).
 
+    Every requirement of the installed transformers' ``serving`` extra must be installed (its own
+    ``is_serve_available`` checks only some of them; without ``accelerate`` the server starts and
+    then fails to load the model)."""
+    try:
+        version = metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        return "transformers is not installed"
+    missing = []
+    for requirement in metadata.requires("transformers") or []:
+        if "extra ==" not in requirement or not re.search(r"extra == .serving.", requirement):
+            continue
+        name = re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0]
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+    if missing:
         return (
-            "the transformers serving extra is not installed: "
-            f"pip install 'transformers[serving]=={transformers.__version__}'"
+            f"the transformers serving extra is not installed (missing {', '.join(missing)}): "
+            f"pip install 'transformers[serving]=={version}'"
         )
     return None
 
