@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
+
+#: the request fields an upstream cannot do without (``omit_fields`` may not name them)
+REQUIRED_CHAT_FIELDS = frozenset({"model", "messages", "stream"})
 
 
 class BackendConfig(BaseModel):
@@ -30,6 +33,18 @@ class BackendConfig(BaseModel):
     #: give each image part its sha256 as ``uuid`` (vLLM's media id: an image it has seen is not
     #: processed again); off for strict servers that refuse unknown fields in content parts
     media_ids: bool = True
+    #: request-body fields never sent to this upstream. For servers that refuse fields they do
+    #: not know (``transformers serve`` answers 422 to vLLM's ``min_tokens``, ``top_k``, ...):
+    #: the fields are hints, so dropping them beats failing every call. See docs/upstreams.md.
+    omit_fields: list[str] = Field(default_factory=list)
+
+    @field_validator("omit_fields")
+    @classmethod
+    def _omittable(cls, value: list[str]) -> list[str]:
+        required = sorted(REQUIRED_CHAT_FIELDS.intersection(value))
+        if required:
+            raise ValueError(f"omit_fields cannot drop {', '.join(required)}")
+        return value
 
     # --- transformers (in-process) ---
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...

@@ -12,6 +12,7 @@ import email.utils
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -74,7 +75,9 @@ def error_message(body: bytes | str, status_code: int) -> str:
 
     Accepts ``{"error": {"message": ..., "code": 400 | "string" | null}}`` (OpenAI, recent vLLM),
     ``{"error": "Unauthorized"}`` (vLLM ``--api-key``), ``{"message": ..., "code": ...}`` (older
-    vLLM) and ``{"detail": ...}`` (FastAPI).
+    vLLM) and ``{"detail": ...}`` (FastAPI). Any other body is shown as text: plain text
+    (``transformers serve``'s 500 says ``Internal Server Error``) as it is, an HTML page (proxies)
+    without its tags; whitespace collapsed, at most 300 characters.
     """
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     try:
@@ -91,7 +94,7 @@ def error_message(body: bytes | str, status_code: int) -> str:
         if message is None:
             message = data.get("message") or data.get("detail")
     if message is None:
-        message = text.strip()[:300] or f"HTTP {status_code}"
+        message = _plain_text(text)[:300] or f"HTTP {status_code}"
     if not isinstance(message, str):
         message = json.dumps(message)[:300]
     return message
@@ -108,3 +111,13 @@ def error_param(body: bytes | str) -> str | None:
     err = data.get("error") if isinstance(data, dict) else None
     param = err.get("param") if isinstance(err, dict) else None
     return param if isinstance(param, str) else None
+
+
+_TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
+
+
+def _plain_text(text: str) -> str:
+    """A non-JSON error body as one readable line (HTML tags dropped, whitespace collapsed)."""
+    if re.match(r"\s*<(!doctype|html|head|body|h1|p|center)\b", text, re.IGNORECASE):
+        text = _TAG.sub(" ", text)
+    return " ".join(text.split())

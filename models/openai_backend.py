@@ -8,6 +8,12 @@
   honouring ``Retry-After``; other 4xx -> ``ModelRejected`` with the upstream's message; still
   failing after the retries -> ``ModelUnavailable``; read timeout -> ``ModelTimeout``. A stream is
   retried only while nothing has been yielded to the caller.
+- A 500 that repeats with the same body while the server reports itself healthy is a failure this
+  request causes (``transformers serve`` answers a literal ``<image>`` in the text that way): it is
+  ``ModelRejected(status_code=500)`` after two attempts, not ``ModelUnavailable`` after all of them.
+- ``config.omit_fields`` are dropped from every request body (servers that 422 unknown fields).
+- A stream may end without ``data: [DONE]`` once a ``finish_reason`` arrived; usage is read from
+  whichever chunk carries it (the finish chunk, or vLLM's ``choices: []`` chunk).
 - Cancelling the awaiting task closes the in-flight HTTP request (the server sees the disconnect,
   and vLLM aborts the generation).
 - vLLM 0.33 (``entrypoints/openai/chat_completion/protocol.py``): ``max_completion_tokens``
@@ -321,13 +327,16 @@ class OpenAIBackend(ModelBackend):
         return headers
 
     def _body(self, request: GenerationRequest, *, stream: bool = False) -> dict[str, Any]:
-        return build_chat_body(
+        body = build_chat_body(
             request,
             self.model,
             structured_output=self.supports_json_schema,
             stream=stream,
             media_ids=self.config.media_ids,
         )
+        for name in self.config.omit_fields:
+            body.pop(name, None)
+        return body
 
     def _status_error(self, response: httpx.Response) -> Exception:
         """A non-2xx answer -> ModelRejected / ContextLengthExceeded (final) or _RetryableStatus
@@ -338,7 +347,24 @@ class OpenAIBackend(ModelBackend):
             return _RetryableStatus(status, message, parse_retry_after(response.headers))
         if status in (400, 413) and is_context_length_error(message, error_param(response.content)):
             return ContextLengthExceeded(message, status_code=status)
+        if status == 422 and "unexpected field" in message.lower():
+            message += " (list such fields in this model's omit_fields)"
         return ModelRejected(message, status_code=status)
+
+    async def _check_repeated_500(self, exc: _RetryableStatus, previous: str | None) -> str | None:
+        """Raise ModelRejected when this 500 repeats the previous attempt's body and the server is
+        healthy (the request, not the server, is at fault); else return what to compare next."""
+        if exc.status_code != 500:
+            return None
+        # Twice: a server whose handler raised closes that connection just after its 500
+        # (uvicorn), and the first probe may race it on the pooled connection.
+        if exc.message == previous and (await self.health() or await self.health()):
+            raise ModelRejected(
+                f"{self.model} at {self.base_url} failed this request twice with HTTP 500 "
+                f"while healthy (not retried further): {exc.message}",
+                status_code=500,
+            )
+        return exc.message
 
     def _timeout_error(self, exc: httpx.TimeoutException) -> ModelTimeout:
         return ModelTimeout(
@@ -378,6 +404,7 @@ class OpenAIBackend(ModelBackend):
         headers = self._request_headers(request)
         why = ""
         last: _RetryableStatus | None = None
+        last_500: str | None = None
         for attempt in range(self.config.max_retries + 1):
             retry_after: float | None = None
             try:
@@ -395,6 +422,7 @@ class OpenAIBackend(ModelBackend):
                 result.latency_s = time.perf_counter() - started
                 return result
             except _RetryableStatus as exc:
+                last_500 = await self._check_repeated_500(exc, last_500)
                 why, retry_after = f"HTTP {exc.status_code}: {exc.message}", exc.retry_after_s
                 last = exc
             except _RETRYABLE_TRANSPORT as exc:
@@ -415,6 +443,7 @@ class OpenAIBackend(ModelBackend):
         headers = {**self._request_headers(request), "Accept": "text/event-stream"}
         why = ""
         last: _RetryableStatus | None = None
+        last_500: str | None = None
         for attempt in range(self.config.max_retries + 1):
             retry_after: float | None = None
             yielded = False
@@ -429,6 +458,7 @@ class OpenAIBackend(ModelBackend):
                             yield delta
                 return
             except _RetryableStatus as exc:
+                last_500 = await self._check_repeated_500(exc, last_500)
                 why, retry_after = f"HTTP {exc.status_code}: {exc.message}", exc.retry_after_s
                 last = exc
             except _RETRYABLE_TRANSPORT as exc:
