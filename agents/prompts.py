@@ -74,9 +74,10 @@ PROMPT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "options": (frozenset({"options"}), frozenset()),
     "history": (frozenset({"turns"}), frozenset()),
     "memory_empty": (frozenset(), frozenset()),
-    "memory_vision": (frozenset({"n", "content"}), frozenset({"sub_question"})),
-    "memory_insight": (frozenset({"n", "content"}), frozenset({"sub_question"})),
-    "memory_referee": (frozenset({"n", "content"}), frozenset({"sub_question"})),
+    # {n}: the entry's number (the reference set writes entries unnumbered)
+    "memory_vision": (frozenset({"content"}), frozenset({"n", "sub_question"})),
+    "memory_insight": (frozenset({"content"}), frozenset({"n", "sub_question"})),
+    "memory_referee": (frozenset({"content"}), frozenset({"n", "sub_question"})),
     "omitted_notes": (frozenset({"count"}), frozenset()),
     "omitted_turns": (frozenset({"count"}), frozenset()),
 }
