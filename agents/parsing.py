@@ -89,6 +89,7 @@ _FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.S)
 _SPECIAL = re.compile(r"[{}\"'\\]")
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _PAIR_KEY = re.compile(r"""(?:[-*]\s*)?["']?([A-Za-z][\w \-]{0,30}?)["']?\s*[:=：]""")
+_OPENS_LIKE_JSON = re.compile(r"\{\s*[\"']")
 _LITERALS = re.compile(r"\b(true|false|null)\b")
 
 
@@ -138,7 +139,10 @@ def _scan_objects(text: str) -> _Scan:
                 if len(spans) >= MAX_CANDIDATES:
                     return _Scan(spans, None)
         last, pos = ch, i + 1
-    return _Scan(spans, start if depth > 0 else None)
+    # an unclosed object that opens like JSON ({"... / {'...) is a cut-off decision; a stray "{"
+    # in prose ("the set {a, b") is not, and the text after it is still read
+    cut = depth > 0 and _OPENS_LIKE_JSON.match(text, start) is not None
+    return _Scan(spans, start if cut else None)
 
 
 def _load_object(candidate: str) -> dict[str, Any] | None:
@@ -171,7 +175,7 @@ def _loose_pairs(text: str) -> dict[str, list[str]]:
     ``Thought: ...`` / ``Answer: ...`` text protocol). Every value of a key, in order."""
     pairs: dict[str, list[str]] = {}
     for line in text.replace("```", "\n").splitlines():
-        line = line.lstrip()
+        line = line.replace("**", "").replace("__", "").lstrip(" \t#>")  # markdown emphasis
         match = _PAIR_KEY.match(line)
         if not match:
             continue
@@ -376,8 +380,8 @@ _FALSE = frozenset({"false", "no", "n", "0", "unsolvable", "not solvable", "insu
                     "not solved", "not answerable"})  # fmt: skip
 #: a prose reply that starts with its verdict: "Yes, ..." / "No." / "Solvable." / "UNSOLVABLE"
 _PROSE_LEAD = re.compile(
-    r"(yes|no)(?:\s*[.,:;!\-–—]+|\s*$)"
-    r"|(solvable|unsolvable|not solvable|can_solve|unsolvable|cannot_solve)(?:\s*[.!\n]|\s*$)",
+    r"(yes|no)\s*[.,:;!\n\-–—]|(solvable|not solvable)\s*[.!\n]"
+    r"|(can_solve|unsolvable|cannot_solve)(?!\w)",
     re.I,
 )
 #: a "yes" whose first sentence says the opposite is no verdict
@@ -426,7 +430,8 @@ def _line_reasoning(found: _Found, obj: dict[str, Any]) -> str:
     text = found.text
     line = _VERDICT_LINE.search(text)
     if line is not None:
-        before = _REASON_LABEL.sub("", text[: line.start()].strip(), count=1).strip()
+        before = text[: line.start()].replace("**", "").strip()
+        before = _REASON_LABEL.sub("", before, count=1).strip()
         if before:
             return before
     reason = _text(_first(obj, _REASON_KEYS))
@@ -469,7 +474,7 @@ def parse_verdict(text: str) -> Verdict:
     body = text.lstrip().lstrip("*#>_ \t").lstrip()
     lead = _PROSE_LEAD.match(body)
     if lead:
-        solvable = _as_bool((lead.group(1) or lead.group(2)).replace("_", " "))
+        solvable = _as_bool(next(g for g in lead.groups() if g).replace("_", " "))
         rest = body[lead.end() :].strip()
         first_sentence = re.split(r"(?<=[.!?])\s|\n", rest, maxsplit=1)[0]
         if solvable and _INSUFFICIENT.search(first_sentence):
