@@ -302,7 +302,10 @@ _KEYWORD = re.compile(
     r"\s*[:=\-]?\s*[(\[]?(?:([B-HJ-Z])|([AI])(?=$|[\s]*[.,;:!?)\]]|\s*$|\s+[-–—(]))"
     r"[)\]]?(?!\w)"
 )
-_KEYWORD_LOWER = re.compile(r"\b(?i:option|choice|letter)\s+[(\[]?([a-z])[)\]]?(?!\w)")
+_KEYWORD_LOWER = re.compile(
+    r"\b(?i:option|choice|letter)(?:\s+[(\[]?([a-z])|\s+(?i:is|would be|should be)\s+[(\[]?"
+    r"([b-hj-z]))[)\]]?(?!\w)"
+)  # "option a", "the option is b" (not "the option is a good one")
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,7 @@ def named_letters(candidate: str) -> set[str]:
         letters.add(label.group(1))
     letters.update(m.group(1) for m in _BRACKETED.finditer(candidate))
     letters.update((m.group(1) or m.group(2)) for m in _KEYWORD.finditer(candidate))
-    letters.update(m.group(1).upper() for m in _KEYWORD_LOWER.finditer(candidate))
+    letters.update((m.group(1) or m.group(2)).upper() for m in _KEYWORD_LOWER.finditer(candidate))
     return letters
 
 

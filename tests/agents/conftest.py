@@ -66,6 +66,8 @@ class FakeModel(ModelBackend):
     name: str = "fake-lvlm"
     script: dict[str, Script] = field(default_factory=dict)
     fail: dict[str, set[int]] = field(default_factory=dict)
+    #: role -> call numbers that end at max_tokens (finish_reason "length")
+    cut: dict[str, set[int]] = field(default_factory=dict)
     delay_s: float = 0.0
     json_schema: bool = False
     context: int | None = None
@@ -106,7 +108,8 @@ class FakeModel(ModelBackend):
             completion_tokens=self.count_tokens(text),
             image_tokens=10 * len(request.images),
         )
-        return GenerationResult(text=text, usage=usage, model=self.name)
+        finish = "length" if n in self.cut.get(role, set()) else "stop"
+        return GenerationResult(text=text, usage=usage, model=self.name, finish_reason=finish)
 
     def roles(self) -> list[str]:
         return [c.role for c in self.calls]
@@ -130,9 +133,16 @@ def image2(shapes_image: Image.Image) -> ImageInput:
     return ImageInput(shapes_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
 
 
+@pytest.fixture(scope="session")
+def prompt_sets() -> dict[str, PromptSet]:
+    return PromptSet.load_sets()
+
+
 @pytest.fixture
-def make_reasoner(prompts: PromptSet) -> Callable[..., Reasoner]:
+def make_reasoner(prompt_sets: dict[str, PromptSet]) -> Callable[..., Reasoner]:
     def make(vision: FakeModel, text: FakeModel | None = None, **config: object) -> Reasoner:
-        return Reasoner(ModelSet(vision=vision, text=text), AgentConfig(**config), prompts=prompts)
+        return Reasoner(
+            ModelSet(vision=vision, text=text), AgentConfig(**config), prompts=prompt_sets
+        )
 
     return make
