@@ -27,3 +27,6 @@ class AgentConfig(BaseModel):
     default_context_length: int = 8192
     #: folder with the prompt templates (YAML); None: the bundled configs/prompts
     prompts_dir: Path | None = None
+    #: the prompt set runs use unless a request picks another: "default" (ours, JSON decisions)
+    #: or "reference" (the authors' text protocol), or any set folder under prompts_dir
+    prompts: str = "default"

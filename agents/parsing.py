@@ -1,10 +1,30 @@
-"""Tolerant readers for model output: JSON decisions, answer lines, multiple-choice options.
+"""Tolerant readers for model output: dispatcher decisions and referee verdicts.
 
 Models asked for JSON still answer with code fences, leading prose, Python dicts (single quotes,
-``True``), trailing commas, ``key: value`` lines or synonyms ("visual", "reasoning", "yes"). The
-readers accept all of these; what they still cannot read raises :class:`ParseError`, which the
-loop records on the step (the round is spent, the run goes on). Nothing here raises anything else
-for any model output.
+``True``), trailing commas, ``key: value`` lines or synonyms ("visual", "reasoning", "yes"); the
+``reference`` prompt set asks for the authors' text protocol (a curly-brace block with
+``'Thought'``, ``'EXPERT name'``, ``'Question'``; a ``Thought: ...`` / ``Answer: CAN_SOLVE`` or
+``UNSOLVABLE`` verdict). The readers accept all of these, with the thought before or after the
+decision. What they cannot read raises :class:`ParseError`, which the loop records on the step
+(the round is spent, the run goes on). Nothing here raises anything else for any model output.
+
+Safety rules (a cut-off or malformed output is never read as its opposite):
+
+- an object that starts but never closes (``{"solvable": false, "reasoning": "we still ...``) is
+  cut off: nothing inside it is read, neither as JSON nor as ``key: value`` lines;
+- a verdict value is read only when it is one of a closed vocabulary ("true", "no", "CAN_SOLVE",
+  "not solvable" ...): "f", "CAN", "perhaps" are unreadable, never a guess; several verdict lines
+  that disagree are unreadable;
+- the prose fallback reads only a reply that *starts* with "Yes," / "No." / "Solvable." /
+  "UNSOLVABLE" ...: never a JSON key name, never a word in the middle of a sentence, and never a
+  "yes" whose first sentence says the notes are insufficient;
+- the loop (not this module) treats any decision cut at max_tokens as unreadable.
+
+Parsing is linear and bounded: at most :data:`MAX_DECISION_CHARS` characters are read (a longer
+reply is unreadable), at most :data:`MAX_CANDIDATES` ``{...}`` spans are tried, and the slow YAML
+attempt only on spans up to :data:`MAX_YAML_CHARS`.
+
+The final-answer readers (answer lines, options) live in :mod:`agents.answers`, re-exported here.
 """
 
 from __future__ import annotations
@@ -12,13 +32,51 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
 
+from agents.answers import (
+    answer_line,
+    clean_answer,
+    extract_choice,
+    final_answer,
+    format_options,
+    option_letter,
+    read_choice,
+    split_options,
+)
+
+__all__ = [
+    "DispatchDecision",
+    "ParseError",
+    "Verdict",
+    "answer_line",
+    "clean_answer",
+    "extract_choice",
+    "extract_object",
+    "final_answer",
+    "format_options",
+    "normalize_expert",
+    "option_letter",
+    "parse_dispatch",
+    "parse_verdict",
+    "read_choice",
+    "split_options",
+]
+
 Expert = Literal["vision", "insight"]
+
+#: a decision longer than this is not read at all (unreadable): ~4k tokens, 8x the default
+#: max_tokens of a call. The scan costs ~0.5 µs per brace / quote, so this bounds a parse to
+#: ~10 ms on any input (and a 1 MB reply is refused at once)
+MAX_DECISION_CHARS = 16_384
+#: at most this many complete ``{...}`` spans are tried per reply
+MAX_CANDIDATES = 8
+#: YAML (pure Python, slow) is tried only on spans up to this size
+MAX_YAML_CHARS = 4_096
 
 
 class ParseError(ValueError):
@@ -28,30 +86,47 @@ class ParseError(ValueError):
 # ---------------------------------------------------------------------------------- JSON objects
 
 _FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.S)
+_SPECIAL = re.compile(r"[{}\"'\\]")
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
-_PAIR_LINE = re.compile(
-    r"""^\s*[-*]?\s*["']?([A-Za-z][\w \-]{0,30}?)["']?\s*[:=]\s*(.+?)\s*,?\s*$"""
-)
+_PAIR_KEY = re.compile(r"""(?:[-*]\s*)?["']?([A-Za-z][\w \-]{0,30}?)["']?\s*[:=：]""")
+_OPENS_LIKE_JSON = re.compile(r"\{\s*[\"']")
+_LITERALS = re.compile(r"\b(true|false|null)\b")
 
 
-def _balanced_objects(text: str) -> list[str]:
-    """Every top-level ``{...}`` span, honouring quoted strings (both quote styles)."""
-    spans: list[str] = []
-    depth, start, quote, escaped = 0, -1, "", False
-    for i, ch in enumerate(text):
+@dataclass(frozen=True)
+class _Scan:
+    spans: list[tuple[int, int]]  # complete top-level {...} spans (start, end)
+    open_at: int | None  # where an object starts that never closes (cut off), if any
+
+
+def _scan_objects(text: str) -> _Scan:
+    """Top-level ``{...}`` spans, honouring quoted strings (both quote styles). Linear: it jumps
+    from one brace, quote or backslash to the next and never looks back past the previous one."""
+    spans: list[tuple[int, int]] = []
+    depth, start, quote, skip, pos = 0, -1, "", -1, 0
+    last = ""  # the last brace / quote outside strings
+    for match in _SPECIAL.finditer(text):
+        i = match.start()
+        if i < skip:  # escaped by the backslash before it
+            continue
+        ch = text[i]
         if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
+            if ch == "\\":
+                skip = i + 2
             elif ch == quote:
                 quote = ""
+                last, pos = ch, i + 1
             continue
-        if ch in "\"'" and depth > 0:
-            # an apostrophe inside prose ("don't") must not open a string: only after , : [ {
-            prev = text[:i].rstrip()[-1:] if i else ""
-            if ch == '"' or prev in ("", ",", ":", "[", "{"):
-                quote = ch
+        if ch in "\"'":
+            if depth > 0:
+                # an apostrophe in prose ("don't") does not open a string: only after , : [ {
+                j = i - 1
+                while j >= pos and text[j] in " \t\r\n":
+                    j -= 1
+                before = text[j] if j >= pos else last
+                if ch == '"' or before in ",:[{":
+                    quote = ch
+            last, pos = ch, i + 1
             continue
         if ch == "{":
             if depth == 0:
@@ -60,41 +135,58 @@ def _balanced_objects(text: str) -> list[str]:
         elif ch == "}" and depth > 0:
             depth -= 1
             if depth == 0:
-                spans.append(text[start : i + 1])
-    return spans
+                spans.append((start, i + 1))
+                if len(spans) >= MAX_CANDIDATES:
+                    return _Scan(spans, None)
+        last, pos = ch, i + 1
+    # an unclosed object that opens like JSON ({"... / {'...) is a cut-off decision; a stray "{"
+    # in prose ("the set {a, b") is not, and the text after it is still read
+    cut = depth > 0 and _OPENS_LIKE_JSON.match(text, start) is not None
+    return _Scan(spans, start if cut else None)
 
 
 def _load_object(candidate: str) -> dict[str, Any] | None:
-    attempts = (
-        lambda s: json.loads(s),
-        lambda s: json.loads(_TRAILING_COMMA.sub(r"\1", s)),
-        lambda s: ast.literal_eval(_TRAILING_COMMA.sub(r"\1", s)),
-        lambda s: ast.literal_eval(
-            re.sub(
-                r"\b(true|false|null)\b",
+    without_commas = _TRAILING_COMMA.sub(r"\1", candidate)
+    attempts = [
+        lambda: json.loads(candidate),
+        lambda: json.loads(without_commas),
+        lambda: ast.literal_eval(without_commas),
+        lambda: ast.literal_eval(
+            _LITERALS.sub(
                 lambda m: {"true": "True", "false": "False", "null": "None"}[m.group(1)],
-                _TRAILING_COMMA.sub(r"\1", s),
+                without_commas,
             )
         ),
-        lambda s: yaml.safe_load(s),
-    )
+    ]
+    if len(candidate) <= MAX_YAML_CHARS:
+        attempts.append(lambda: yaml.safe_load(candidate))
     for attempt in attempts:
         try:
-            value = attempt(candidate)
+            value = attempt()
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, yaml.YAMLError):
             continue
-        if isinstance(value, dict):
-            return {_norm_key(k): v for k, v in value.items()}
+        if isinstance(value, dict) and any(v is not None for v in value.values()):
+            return {_norm_key(k): v for k, v in value.items()}  # ({prose} reads as {k: None})
     return None
 
 
-def _loose_pairs(text: str) -> dict[str, Any]:
-    """``key: value`` lines (YAML-ish answers without braces)."""
-    pairs: dict[str, Any] = {}
-    for line in text.splitlines():
-        match = _PAIR_LINE.match(line)
-        if match:
-            pairs.setdefault(_norm_key(match.group(1)), match.group(2).strip().strip("\"'"))
+def _loose_pairs(text: str) -> dict[str, list[str]]:
+    """``key: value`` lines (YAML-ish answers, the authors' ``'Key':'value',`` block lines, the
+    ``Thought: ...`` / ``Answer: ...`` text protocol). Every value of a key, in order."""
+    pairs: dict[str, list[str]] = {}
+    for line in text.replace("```", "\n").splitlines():
+        line = line.replace("**", "").replace("__", "").lstrip(" \t#>")  # markdown emphasis
+        match = _PAIR_KEY.match(line)
+        if not match:
+            continue
+        value = line[match.end() :].strip()
+        if value.endswith(","):
+            value = value[:-1].rstrip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        else:
+            value = value.strip("\"'")
+        pairs.setdefault(_norm_key(match.group(1)), []).append(value.strip())
     return pairs
 
 
@@ -102,18 +194,65 @@ def _norm_key(key: Any) -> str:
     return re.sub(r"[\s\-]+", "_", str(key).strip().lower())
 
 
+def _bounded(text: str) -> str:
+    if not isinstance(text, str):
+        raise ParseError("the output is not text")
+    if len(text) > MAX_DECISION_CHARS:
+        raise ParseError(f"the output is too long to be a decision ({len(text)} characters)")
+    return text
+
+
+@dataclass(frozen=True)
+class _Found:
+    fields: dict[str, Any]
+    #: "object" (a JSON / Python dict), "block" (an unloadable {...} read line by line), "lines"
+    source: str
+    #: the text the fields were read from (for the text protocol's reasoning)
+    text: str
+
+
+def _candidates(text: str, scan: _Scan) -> Iterator[_Found]:
+    """Every readable field set, best first: loaded objects, unloadable blocks read line by line,
+    then ``key: value`` lines outside any object. Nothing from an object that is cut off."""
+    fences = [m.span(1) for m in _FENCE.finditer(text)]
+    blocks: list[str] = []
+    # objects inside a code fence first ("Plan {x}. ```json {...}```")
+    ordered = sorted(scan.spans, key=lambda s: not any(a <= s[0] < b for a, b in fences))
+    for start, end in ordered:
+        span = text[start:end]
+        obj = _load_object(span)
+        if obj is not None:
+            yield _Found(obj, "object", span)
+        else:
+            blocks.append(span)
+    for block in blocks:
+        pairs = _loose_pairs(block[1:-1])
+        if pairs:
+            yield _Found({k: v[0] for k, v in pairs.items()}, "block", block)
+    # the prose outside objects; a cut-off object (and everything after it) is never read
+    outside, cursor = [], 0
+    for start, end in scan.spans:
+        outside.append(text[cursor:start])
+        cursor = end
+    outside.append(text[cursor : scan.open_at if scan.open_at is not None else len(text)])
+    rest = "\n".join(outside)
+    pairs = _loose_pairs(rest)
+    if pairs:
+        yield _Found({k: (v if len(v) > 1 else v[0]) for k, v in pairs.items()}, "lines", rest)
+
+
+def _no_object_error(scan: _Scan) -> ParseError:
+    if scan.open_at is not None:
+        return ParseError("no JSON object found (one starts but is cut off)")
+    return ParseError("no JSON object found in the output")
+
+
 def extract_object(text: str) -> dict[str, Any]:
     """The first JSON-like object in ``text`` (keys lower-cased), else ``key: value`` lines."""
-    blocks = [m.group(1) for m in _FENCE.finditer(text)] + [text]
-    for block in blocks:
-        for span in _balanced_objects(block):
-            obj = _load_object(span)
-            if obj is not None:
-                return obj
-    pairs = _loose_pairs(_FENCE.sub(lambda m: m.group(1), text))
-    if pairs:
-        return pairs
-    raise ParseError("no JSON object found in the output")
+    scan = _scan_objects(_bounded(text))
+    for found in _candidates(text, scan):
+        return found.fields
+    raise _no_object_error(scan)
 
 
 def _first(obj: dict[str, Any], keys: Sequence[str]) -> Any:
@@ -125,9 +264,10 @@ def _first(obj: dict[str, Any], keys: Sequence[str]) -> Any:
 
 # ------------------------------------------------------------------------- dispatcher decisions
 
-_EXPERT_KEYS = ("expert", "next_expert", "selected_expert", "expert_name", "agent", "role", "tool")
+_EXPERT_KEYS = ("expert", "expert_name", "next_expert", "selected_expert", "agent", "role", "tool")
 _QUESTION_KEYS = ("question", "sub_question", "subquestion", "query", "sub_query", "task", "prompt")
 _QUESTIONS_KEYS = ("questions", "sub_questions", "subquestions", "queries", "sub_queries")
+_THOUGHT_KEYS = ("thought", "thoughts", "reasoning", "analysis", "rationale", "thinking")
 _VISION_WORDS = frozenset(
     {"vision", "visual", "eyesight", "perception", "perceive", "image", "see", "look", "observe",
      "observer", "eye", "eyes", "lvlm", "vlm"}
@@ -139,7 +279,9 @@ _INSIGHT_WORDS = frozenset(
 
 
 def normalize_expert(value: Any) -> Expert | None:
-    words = set(re.sub(r"[^a-z]+", " ", str(value).lower()).split())
+    if not isinstance(value, str):
+        return None
+    words = set(re.sub(r"[^a-z]+", " ", value[:200].lower()).split())
     vision, insight = bool(words & _VISION_WORDS), bool(words & _INSIGHT_WORDS)
     if vision and not insight:
         return "vision"
@@ -153,34 +295,60 @@ class DispatchDecision:
     expert: Expert
     questions: tuple[str, ...]  # one, or up to max_questions visual ones in parallel mode
     dropped: int = 0  # extra parallel sub-questions beyond the limit
+    thought: str = ""  # what the dispatcher wrote before deciding, if anything
 
     @property
     def question(self) -> str:
         return self.questions[0]
 
     def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"thought": self.thought} if self.thought else {}
+        out["expert"] = self.expert
         if len(self.questions) == 1:
-            return {"expert": self.expert, "question": self.questions[0]}
-        return {"expert": self.expert, "questions": list(self.questions)}
+            out["question"] = self.questions[0]
+        else:
+            out["questions"] = list(self.questions)
+        return out
 
 
 def _as_questions(value: Any) -> list[str]:
     if isinstance(value, str):
-        return [value.strip()] if value.strip() else []
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):  # "['a?', 'b?']" from a line
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                return [text]
+            return _as_questions(value) if isinstance(value, list) else [text]
+        return [text] if text else []
     if isinstance(value, (list, tuple)):
         items = [str(v).strip() for v in value if isinstance(v, (str, int, float))]
         return [item for item in items if item]
     return []
 
 
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        value = " ".join(str(v) for v in value)
+    return str(value).strip() if value is not None else ""
+
+
 def parse_dispatch(
     text: str, *, parallel: bool = False, max_questions: int = 1
 ) -> DispatchDecision:
     """Read the dispatcher's choice. Raises ParseError (unreadable, unknown expert, no question)."""
-    obj = extract_object(text)
+    scan = _scan_objects(_bounded(text))
+    candidates = list(_candidates(text, scan))
+    found = next((f for f in candidates if _first(f.fields, _EXPERT_KEYS) is not None), None)
+    if found is None:
+        if not candidates:
+            raise _no_object_error(scan)
+        raise ParseError(f"no 'expert' field in {sorted(candidates[0].fields)[:10]}")
+    obj = found.fields
     raw_expert = _first(obj, _EXPERT_KEYS)
-    if raw_expert is None:
-        raise ParseError(f"no 'expert' field in {sorted(obj)}")
+    if isinstance(raw_expert, list):  # the same key on several lines
+        experts = {normalize_expert(v) for v in raw_expert}
+        raw_expert = raw_expert[0] if len(experts) == 1 else " ".join(raw_expert)
     expert = normalize_expert(raw_expert)
     if expert is None:
         raise ParseError(f"unknown expert {str(raw_expert)[:60]!r}")
@@ -191,20 +359,37 @@ def parse_dispatch(
     if not questions:
         raise ParseError(f"no sub-question for the {expert} expert")
     limit = max(1, max_questions) if (parallel and expert == "vision") else 1
-    return DispatchDecision(expert, tuple(questions[:limit]), max(0, len(questions) - limit))
+    thought = _text(_first(obj, _THOUGHT_KEYS))
+    return DispatchDecision(
+        expert, tuple(questions[:limit]), max(0, len(questions) - limit), thought
+    )
 
 
 # ------------------------------------------------------------------------------ referee verdicts
 
 _VERDICT_KEYS = ("solvable", "solved", "answerable", "sufficient", "can_answer", "verdict",
-                 "decision", "judgement", "judgment", "is_solvable", "enough")  # fmt: skip
+                 "decision", "judgement", "judgment", "is_solvable", "enough", "can_solve",
+                 "answer")  # fmt: skip
 _REASON_KEYS = ("reasoning", "reason", "explanation", "rationale", "thought", "thoughts",
                 "analysis", "justification", "why")  # fmt: skip
 _TRUE = frozenset({"true", "yes", "y", "1", "solvable", "solved", "sufficient", "answerable",
-                   "enough", "can answer", "yes solvable"})  # fmt: skip
+                   "enough", "can answer", "yes solvable", "can solve"})  # fmt: skip
 _FALSE = frozenset({"false", "no", "n", "0", "unsolvable", "not solvable", "insufficient",
                     "not sufficient", "not yet", "not enough", "unanswerable", "cannot answer",
-                    "no not solvable"})  # fmt: skip
+                    "no not solvable", "cannot solve", "can not solve", "cant solve",
+                    "not solved", "not answerable"})  # fmt: skip
+#: a prose reply that starts with its verdict: "Yes, ..." / "No." / "Solvable." / "UNSOLVABLE"
+_PROSE_LEAD = re.compile(
+    r"(yes|no)\s*[.,:;!\n\-–—]|(solvable|not solvable)\s*[.!\n]"
+    r"|(can_solve|unsolvable|cannot_solve)(?!\w)",
+    re.I,
+)
+#: a "yes" whose first sentence says the opposite is no verdict
+_INSUFFICIENT = re.compile(
+    r"\b(?:not|cannot|can ?n[o']?t|insufficient|unsolvable|unanswerable|missing|lack|lacking|"
+    r"need more|still need|unclear|unknown)\b",
+    re.I,
+)
 
 
 def _as_bool(value: Any) -> bool | None:
@@ -212,7 +397,9 @@ def _as_bool(value: Any) -> bool | None:
         return value
     if isinstance(value, (int, float)) and value in (0, 1):
         return bool(value)
-    words = " ".join(re.sub(r"[^a-z0-9]+", " ", str(value).lower()).split())
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    words = " ".join(re.sub(r"[^a-z0-9]+", " ", value.lower()).split())
     if words in _TRUE:
         return True
     if words in _FALSE:
@@ -226,148 +413,74 @@ class Verdict:
     reasoning: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"solvable": self.solvable, "reasoning": self.reasoning}
+        return {"reasoning": self.reasoning, "solvable": self.solvable}
+
+
+_REASON_LABEL = re.compile(
+    r"^\W{0,4}(?:thought|thoughts|reasoning|reason|analysis|rationale)\W{0,4}\s*[:：]\s*", re.I
+)
+_VERDICT_LINE = re.compile(
+    r"^\W{0,4}(?:answer|verdict|decision|judge?ment|solvable)\W{0,4}\s*[:=：]", re.I | re.M
+)
+
+
+def _line_reasoning(found: _Found, obj: dict[str, Any]) -> str:
+    """The reasoning of a text-protocol verdict: what precedes the verdict line (its "Thought:"
+    label removed), else a reasoning line, else what follows the verdict line."""
+    text = found.text
+    line = _VERDICT_LINE.search(text)
+    if line is not None:
+        before = text[: line.start()].replace("**", "").strip()
+        before = _REASON_LABEL.sub("", before, count=1).strip()
+        if before:
+            return before
+    reason = _text(_first(obj, _REASON_KEYS))
+    if reason:
+        return reason
+    if line is not None:
+        after = text[line.end() :].split("\n", 1)
+        return after[1].strip() if len(after) > 1 else ""
+    return ""
+
+
+def _verdict_from(found: _Found) -> Verdict | None:
+    obj = found.fields
+    raw = _first(obj, _VERDICT_KEYS)
+    if raw is None:
+        return None
+    values = raw if isinstance(raw, list) else [raw]
+    readings = {_as_bool(v) for v in values}
+    if None in readings and found.source != "lines":
+        raise ParseError(f"verdict {str(raw)[:60]!r} is neither yes nor no")
+    readings.discard(None)
+    if not readings:
+        raise ParseError(f"verdict {str(values[-1])[:60]!r} is neither yes nor no")
+    if len(readings) > 1:
+        raise ParseError("the output states both verdicts")
+    solvable = readings.pop()
+    if found.source == "lines":
+        return Verdict(solvable, _line_reasoning(found, obj))
+    return Verdict(solvable, _text(_first(obj, _REASON_KEYS)))
 
 
 def parse_verdict(text: str) -> Verdict:
-    """Read the referee's verdict. Raises ParseError when it states none."""
-    try:
-        obj: dict[str, Any] | None = extract_object(text)
-    except ParseError:
-        obj = None
-    if obj is not None:
-        raw = _first(obj, _VERDICT_KEYS)
-        if raw is not None:
-            solvable = _as_bool(raw)
-            if solvable is None:
-                raise ParseError(f"verdict {str(raw)[:60]!r} is neither yes nor no")
-            reasoning = _first(obj, _REASON_KEYS)
-            return Verdict(solvable, str(reasoning).strip() if reasoning is not None else "")
-    # prose: "Yes, the notes show ..." / "No. We still need ..."
-    lead = re.match(r"\W*(yes|no|solvable|unsolvable|not solvable)\b[\s.,:;!-]*", text, re.I)
+    """Read the referee's verdict. Raises ParseError when it states none (or both)."""
+    scan = _scan_objects(_bounded(text))
+    for found in _candidates(text, scan):
+        verdict = _verdict_from(found)
+        if verdict is not None:
+            return verdict
+    # prose: "Yes, the notes show ..." / "No. We still need ..." -- a reply that STARTS with it
+    body = text.lstrip().lstrip("*#>_ \t").lstrip()
+    lead = _PROSE_LEAD.match(body)
     if lead:
-        solvable = _as_bool(lead.group(1))
+        solvable = _as_bool(next(g for g in lead.groups() if g).replace("_", " "))
+        rest = body[lead.end() :].strip()
+        first_sentence = re.split(r"(?<=[.!?])\s|\n", rest, maxsplit=1)[0]
+        if solvable and _INSUFFICIENT.search(first_sentence):
+            raise ParseError("the output says yes but also that the notes are insufficient")
         if solvable is not None:
-            return Verdict(solvable, text[lead.end() :].strip())
+            return Verdict(solvable, rest)
+    if scan.open_at is not None:
+        raise ParseError("no verdict found (an object starts but is cut off)")
     raise ParseError("no solvable/unsolvable verdict in the output")
-
-
-# ------------------------------------------------------------------------------- answer strings
-
-_ANSWER_LINE = re.compile(
-    r"^\W*(?:the\s+)?(?:final\s+answer|answer)(?:\s+is)?\s*[:：]\s*(.*)$", re.I
-)
-_PREFIXES = re.compile(
-    r"^\s*(?:(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\s*[:：]?|(?:so|therefore|thus),?\s+the\s+"
-    r"(?:final\s+)?answer\s+is\s*:?)\s*",
-    re.I,
-)
-
-
-def _unmark(text: str) -> str:
-    return text.replace("**", "").replace("__", "").strip()
-
-
-def answer_line(text: str) -> str | None:
-    """The content of the last ``Answer: ...`` / ``Final answer: ...`` line, if there is one."""
-    lines = [_unmark(line) for line in text.strip().splitlines()]
-    for i in range(len(lines) - 1, -1, -1):
-        match = _ANSWER_LINE.match(lines[i])
-        if match:
-            content = match.group(1).strip()
-            if not content:  # "Answer:" alone, the answer on the next non-empty line
-                content = next((ln for ln in lines[i + 1 :] if ln.strip()), "")
-            if content:
-                return content
-    return None
-
-
-def clean_answer(text: str) -> str:
-    """A clean answer string: no "Answer:" prefix, markdown emphasis, quotes or lone final dot."""
-    answer = _unmark(text)
-    previous = None
-    while previous != answer:
-        previous = answer
-        answer = _PREFIXES.sub("", answer, count=1).strip()
-        if len(answer) >= 2 and answer[0] == answer[-1] and answer[0] in "\"'`":
-            answer = answer[1:-1].strip()
-    if answer.endswith(".") and answer.count(".") == 1:
-        answer = answer[:-1].rstrip()
-    return answer
-
-
-def final_answer(text: str) -> str:
-    """The answer of a free-form reply: its answer line if it has one, else the whole text."""
-    line = answer_line(text)
-    return clean_answer(line if line is not None else text)
-
-
-# ------------------------------------------------------------------------------ multiple choice
-
-_LABELLED = re.compile(r"^\s*\(?([A-Z])[.):]\s*(.*)$", re.S)
-
-
-def option_letter(index: int) -> str:
-    return chr(ord("A") + index)
-
-
-def split_options(options: Sequence[str]) -> list[tuple[str, str]]:
-    """``(letter, text)`` per option; options already written "A. red" keep their own letters."""
-    labelled = [_LABELLED.match(o) for o in options]
-    if (
-        options
-        and all(labelled)
-        and [m.group(1) for m in labelled if m] == [option_letter(i) for i in range(len(options))]
-    ):
-        return [(m.group(1), m.group(2).strip()) for m in labelled if m]
-    return [(option_letter(i), o.strip()) for i, o in enumerate(options)]
-
-
-def format_options(options: Sequence[str]) -> str:
-    return "\n".join(f"{letter}. {text}" for letter, text in split_options(options))
-
-
-def _norm_text(text: str) -> str:
-    return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
-
-
-def extract_choice(text: str, options: Sequence[str]) -> int | None:
-    """Index of the option the reply names (by letter or by text), or None. Never guesses."""
-    if not options:
-        return None
-    pairs = split_options(options)
-    letters = [letter for letter, _ in pairs]
-    line = answer_line(text)
-    candidate = clean_answer(line if line is not None else text)
-
-    def by_letter(letter: str) -> int | None:
-        letter = letter.upper()
-        return letters.index(letter) if letter in letters else None
-
-    # "B", "(B)", "b." -- the whole candidate is a letter
-    match = re.fullmatch(r"\(?([A-Za-z])\)?[.:)]?", candidate)
-    if match:
-        return by_letter(match.group(1))
-    # "B. blue", "(B) blue", "B) blue", "Option B: blue"
-    match = re.match(r"(?i:option\s+)?(?:\(([A-Z])\)|([A-Z])[.:)])(?:\s|$)", candidate)
-    if match:
-        return by_letter(match.group(1) or match.group(2))
-    # "... option B ...", "... (B) ..." -- when exactly one letter is named
-    named = {
-        (word or paren).upper()
-        for word, paren in re.findall(r"\b(?i:option)\s+([A-Za-z])\b|\(([A-Z])\)", candidate)
-    }
-    if len(named) == 1:
-        found = by_letter(named.pop())
-        if found is not None:
-            return found
-    # the option's text
-    norm = _norm_text(candidate)
-    texts = [_norm_text(t) for _, t in pairs]
-    if norm in texts and texts.count(norm) == 1:
-        return texts.index(norm)
-    hits = [i for i, t in enumerate(texts) if t and re.search(rf"\b{re.escape(t)}\b", norm)]
-    hits = [i for i in hits if not any(j != i and texts[i] in texts[j] for j in hits)]
-    if len(hits) == 1:
-        return hits[0]
-    return None

@@ -1,16 +1,28 @@
 """Prompt templates as data: ``configs/prompts/*.yaml``, loaded and checked once at start-up.
 
 Every YAML file in the folder is a mapping ``name -> {system?: str, user: str}``; the files are
-merged (a name defined twice is an error). ``user`` is a :meth:`str.format` template; ``system`` is
-plain text. :data:`PROMPT_FIELDS` declares, per prompt, the placeholders it must use and the ones it
-may use. Loading fails with :class:`PromptError` when a prompt is missing, unknown, uses an
-undeclared placeholder, or lacks a required one, so a bad template stops the service at start-up
-instead of failing a request later.
+merged (a name defined twice is an error). They form the ``default`` prompt set.
+
+Other prompt sets live in subfolders, ``configs/prompts/<set>/*.yaml`` (e.g. ``reference``, the
+authors' text protocol): a set is an overlay, its prompts replace the default ones of the same
+name and it inherits the rest. An optional ``<set>/set.yaml`` describes the set::
+
+    description: the authors' released protocol, paraphrased
+    structured_decisions: false   # its decisions are text: never send JSON schemas
+
+A run picks its set by name (``RunOptions.prompts``, ``AgentConfig.prompts``); every set is loaded
+and validated at start-up by :meth:`PromptSet.load_sets`.
+
+``user`` is a :meth:`str.format` template; ``system`` is plain text. :data:`PROMPT_FIELDS`
+declares, per prompt, the placeholders it must use and the ones it may use. Loading fails with
+:class:`PromptError` when a prompt is missing, unknown, uses an undeclared placeholder, or lacks a
+required one, so a bad template stops the service at start-up instead of failing a request later.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,9 +76,10 @@ PROMPT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "options": (frozenset({"options"}), frozenset()),
     "history": (frozenset({"turns"}), frozenset()),
     "memory_empty": (frozenset(), frozenset()),
-    "memory_vision": (frozenset({"n", "content"}), frozenset({"sub_question"})),
-    "memory_insight": (frozenset({"n", "content"}), frozenset({"sub_question"})),
-    "memory_referee": (frozenset({"n", "content"}), frozenset({"sub_question"})),
+    # {n}: the entry's number (the reference set writes entries unnumbered)
+    "memory_vision": (frozenset({"content"}), frozenset({"n", "sub_question"})),
+    "memory_insight": (frozenset({"content"}), frozenset({"n", "sub_question"})),
+    "memory_referee": (frozenset({"content"}), frozenset({"n", "sub_question"})),
     "omitted_notes": (frozenset({"count"}), frozenset()),
     "omitted_turns": (frozenset({"count"}), frozenset()),
 }
@@ -140,12 +153,31 @@ def _check(name: str, entry: Any, source: Path) -> Prompt:
     )
 
 
-class PromptSet:
-    """All templates, validated. Look one up with ``prompts["dispatcher"]``."""
+DEFAULT_SET = "default"
+#: a prompt set's description file (not templates)
+SET_FILE = "set.yaml"
+_SET_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_SET_KEYS = frozenset({"description", "structured_decisions"})
 
-    def __init__(self, prompts: dict[str, Prompt], source: Path) -> None:
+
+class PromptSet:
+    """All templates of one prompt set, validated. Look one up with ``prompts["dispatcher"]``."""
+
+    def __init__(
+        self,
+        prompts: dict[str, Prompt],
+        source: Path,
+        *,
+        name: str = DEFAULT_SET,
+        structured: bool = True,
+        description: str = "",
+    ) -> None:
         self._prompts = prompts
         self.source = source
+        self.name = name
+        #: False: the set's decisions are a text protocol, so no JSON schema is ever sent
+        self.structured = structured
+        self.description = description
 
     def __getitem__(self, name: str) -> Prompt:
         return self._prompts[name]
@@ -155,29 +187,85 @@ class PromptSet:
 
     @classmethod
     def load(cls, folder: Path | None = None) -> PromptSet:
+        """The default set: the ``*.yaml`` files of ``folder`` (not its subfolders)."""
         folder = Path(folder).expanduser() if folder is not None else default_prompts_dir()
-        files = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+        files = _templates(folder)
         if not files:
             raise PromptError(f"no prompt templates (*.yaml) in {folder}")
-        raw: dict[str, tuple[Any, Path]] = {}
-        for path in files:
-            try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError as exc:
-                raise PromptError(f"{path}: not valid YAML: {exc}") from exc
-            if not isinstance(data, dict):
-                raise PromptError(f"{path}: expected a mapping of prompt names")
-            for name, entry in data.items():
-                if name in raw:
-                    raise PromptError(f"prompt {name!r} defined twice ({raw[name][1]}, {path})")
-                if name not in PROMPT_FIELDS:
-                    raise PromptError(
-                        f"unknown prompt {name!r} in {path}; known: {sorted(PROMPT_FIELDS)}"
-                    )
-                raw[name] = (entry, path)
+        raw = _read(files)
         missing = sorted(set(PROMPT_FIELDS) - set(raw))
         if missing:
             raise PromptError(f"prompt(s) missing from {folder}: {missing}")
         prompts = {name: _check(name, entry, path) for name, (entry, path) in raw.items()}
         logger.debug("loaded %d prompts from %s", len(prompts), folder)
         return cls(prompts, folder)
+
+    def overlay(self, folder: Path) -> PromptSet:
+        """The set in ``folder``: its templates replace this set's of the same name."""
+        name = folder.name
+        if not _SET_NAME.match(name) or name == DEFAULT_SET:
+            raise PromptError(f"{folder}: a prompt set needs a lower-case name other than "
+                              f"{DEFAULT_SET!r}")  # fmt: skip
+        meta: dict[str, Any] = {}
+        meta_path = folder / SET_FILE
+        if meta_path.is_file():
+            meta = _yaml(meta_path)
+            unknown = set(meta) - _SET_KEYS
+            if unknown:
+                raise PromptError(f"{meta_path}: unknown keys {sorted(unknown)}")
+            if not isinstance(meta.get("structured_decisions", True), bool):
+                raise PromptError(f"{meta_path}: 'structured_decisions' must be true or false")
+        files = _templates(folder)
+        if not files:
+            raise PromptError(f"prompt set {name!r}: no templates (*.yaml) in {folder}")
+        prompts = dict(self._prompts)
+        for key, (entry, path) in _read(files).items():
+            prompts[key] = _check(key, entry, path)
+        logger.debug("prompt set %r: %d templates of its own", name, len(files))
+        return PromptSet(
+            prompts,
+            folder,
+            name=name,
+            structured=meta.get("structured_decisions", True),
+            description=str(meta.get("description", "")).strip(),
+        )
+
+    @classmethod
+    def load_sets(cls, folder: Path | None = None) -> dict[str, PromptSet]:
+        """Every prompt set: ``default`` (the folder's files) and one per subfolder."""
+        base = cls.load(folder)
+        sets = {DEFAULT_SET: base}
+        for sub in sorted(p for p in base.source.iterdir() if p.is_dir()):
+            if _templates(sub) or (sub / SET_FILE).is_file():
+                sets[sub.name] = base.overlay(sub)
+        return sets
+
+
+def _templates(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.yaml") if p.name != SET_FILE)
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise PromptError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PromptError(f"{path}: expected a mapping")
+    return data
+
+
+def _read(files: list[Path]) -> dict[str, tuple[Any, Path]]:
+    raw: dict[str, tuple[Any, Path]] = {}
+    for path in files:
+        for name, entry in _yaml(path).items():
+            if name in raw:
+                raise PromptError(f"prompt {name!r} defined twice ({raw[name][1]}, {path})")
+            if name not in PROMPT_FIELDS:
+                raise PromptError(
+                    f"unknown prompt {name!r} in {path}; known: {sorted(PROMPT_FIELDS)}"
+                )
+            raw[name] = (entry, path)
+    return raw

@@ -4,15 +4,19 @@
 
     no image            -> the text model answers directly            (stop_reason no_image_direct)
     repeat max_rounds:
-        Dispatcher(question, memory, last expert) -> {"expert": ..., "question": ...}
-            unreadable / unknown expert / failed call: the round is spent
+        Dispatcher(question, memory, last expert) -> {"thought", "expert", "question"}
+            unreadable / cut at max_tokens / unknown expert / failed call: the round is spent
         Vision expert(images, sub-question only)   -> whole answer to memory
         | Insight expert(memory, sub-question)      -> its final-answer line to memory
             failed call / empty output: the round is spent
-        Referee(question, memory) -> {"solvable": bool, "reasoning": ...}
-            unreadable / failed call: the round is spent
+        Referee(question, memory) -> {"reasoning": ..., "solvable": bool}
+            unreadable / cut at max_tokens / failed call: the round is spent
             solvable: reasoning to memory; Summarizer(question, memory) answers (stop_reason solved)
     the LVLM answers the question directly                     (stop_reason max_rounds_fallback)
+
+Thought first: the JSON schemas (and the prompts) put the thought before the decision, since an
+autoregressive model decides as it writes and vLLM's structured output follows the schema's
+property order. The ``reference`` prompt set uses the authors' text protocol instead (no schema).
 
 Cost: 4 calls when solved in round 1, 3 more per extra round, 25 at most with 8 rounds.
 A ModelError from the summarizer or the fallback (the final answer) fails the run.
@@ -43,20 +47,23 @@ from models.types import Message
 
 _EXPERTS = ["vision", "insight"]
 
+# Property order matters: constrained decoding writes the properties in this order, so the
+# thought comes before the decision it informs.
 DISPATCH_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
+        "thought": {"type": "string"},
         "expert": {"type": "string", "enum": _EXPERTS},
         "question": {"type": "string"},
     },
-    "required": ["expert", "question"],
+    "required": ["thought", "expert", "question"],
     "additionalProperties": False,
 }
 
 VERDICT_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {"solvable": {"type": "boolean"}, "reasoning": {"type": "string"}},
-    "required": ["solvable", "reasoning"],
+    "properties": {"reasoning": {"type": "string"}, "solvable": {"type": "boolean"}},
+    "required": ["reasoning", "solvable"],
     "additionalProperties": False,
 }
 
@@ -65,8 +72,8 @@ def parallel_dispatch_schema(max_questions: int) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
+            "thought": {"type": "string"},
             "expert": {"type": "string", "enum": _EXPERTS},
-            "question": {"type": "string"},
             "questions": {
                 "type": "array",
                 "items": {"type": "string"},
@@ -74,7 +81,7 @@ def parallel_dispatch_schema(max_questions: int) -> dict[str, Any]:
                 "maxItems": max_questions,
             },
         },
-        "required": ["expert"],
+        "required": ["thought", "expert", "questions"],
         "additionalProperties": False,
     }
 
@@ -159,8 +166,18 @@ async def run_proreason(ctx: RunContext) -> AsyncIterator[Step]:
     ctx.raise_if_failed(fstep)
 
 
+def _cut_off(ctx: RunContext, step: Step) -> bool:
+    """A decision whose call ended at max_tokens is unreadable, whatever its prefix says."""
+    if step.finish_reason != "length":
+        return False
+    ctx.parse_failed(step, "output cut at max_tokens (finish_reason=length): not read")
+    return True
+
+
 def _read_dispatch(ctx: RunContext, step: Step) -> DispatchDecision | None:
     """The dispatcher's decision, recorded on the step; None (and a parse failure) if unusable."""
+    if _cut_off(ctx, step):
+        return None
     try:
         decision = parse_dispatch(
             step.output,
@@ -181,6 +198,8 @@ def _read_dispatch(ctx: RunContext, step: Step) -> DispatchDecision | None:
 
 def _read_verdict(ctx: RunContext, step: Step) -> Verdict | None:
     """The referee's verdict, recorded on the step; None (and a parse failure) if unusable."""
+    if _cut_off(ctx, step):
+        return None
     try:
         verdict = parse_verdict(step.output)
     except ParseError as exc:

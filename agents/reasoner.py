@@ -15,12 +15,12 @@ propagates; model-output problems and in-loop call failures are recorded on the 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TypeVar, get_args
 
 from agents.baselines import run_baseline
 from agents.config import AgentConfig
-from agents.prompts import PromptSet
+from agents.prompts import DEFAULT_SET, PromptError, PromptSet
 from agents.proreason import run_proreason
 from agents.run import RunContext
 from agents.types import (
@@ -91,12 +91,31 @@ class Reasoner:
     """
 
     def __init__(
-        self, models: ModelSet, config: AgentConfig, *, prompts: PromptSet | None = None
+        self,
+        models: ModelSet,
+        config: AgentConfig,
+        *,
+        prompts: PromptSet | Mapping[str, PromptSet] | None = None,
     ) -> None:
         self.models = models
         self.config = config
-        #: loaded and validated once; a bad template fails here, at start-up
-        self.prompts = prompts if prompts is not None else PromptSet.load(config.prompts_dir)
+        #: every prompt set, loaded and validated once; a bad template fails here, at start-up
+        if prompts is None:
+            sets = PromptSet.load_sets(config.prompts_dir)
+        elif isinstance(prompts, PromptSet):
+            sets = {DEFAULT_SET: prompts}
+        else:
+            sets = dict(prompts)
+        if config.prompts not in sets:
+            raise PromptError(
+                f"agent.prompts: no prompt set {config.prompts!r}; have {', '.join(sorted(sets))}"
+            )
+        self.prompt_sets: dict[str, PromptSet] = sets
+
+    @property
+    def prompts(self) -> PromptSet:
+        """The profile's prompt set (``agent.prompts``)."""
+        return self.prompt_sets[self.config.prompts]
 
     def prepare(self, question: Question, options: RunOptions | None = None) -> Job:
         """Check a request before anything runs (InvalidRequest) and resolve its options."""
@@ -122,7 +141,14 @@ class Reasoner:
             parallel_perception=pick(options.parallel_perception, cfg.parallel_perception),
             max_tokens=pick(options.max_tokens, cfg.max_tokens),
             temperature=pick(options.temperature, cfg.temperature),
+            prompts=pick(options.prompts, cfg.prompts),
         )
+        if resolved.prompts not in self.prompt_sets:
+            raise InvalidRequest(
+                f"unknown prompt set {resolved.prompts!r}; choose one of "
+                f"{', '.join(sorted(self.prompt_sets))}",
+                param="prompts",
+            )
         if resolved.method not in METHODS:
             raise InvalidRequest(
                 f"unknown method {resolved.method!r}; choose one of {', '.join(METHODS)}",
@@ -165,7 +191,7 @@ class Reasoner:
 
     async def stream(self, job: Job) -> AsyncIterator[Step | RunResult]:
         """Yield each Step of a prepared Job as its model call finishes, then one RunResult."""
-        ctx = RunContext(job, self.models, self.prompts, self.config)
+        ctx = RunContext(job, self.models, self.prompt_sets[job.options.prompts], self.config)
         method = run_proreason(ctx) if job.options.method == "proreason" else run_baseline(ctx)
         try:
             async for step in method:

@@ -14,9 +14,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from agents.answers import final_answer, format_options, option_letter, read_choice
 from agents.config import AgentConfig
 from agents.memory import Fitted, Memory, clip_text, fit_lines
-from agents.parsing import extract_choice, final_answer, format_options, option_letter
 from agents.prompts import PromptSet
 from agents.types import Job, ModelSet, Step, StopReason
 from models.base import ModelBackend
@@ -192,7 +192,11 @@ class RunContext:
         return clipped
 
     def json_schema(self, backend: ModelBackend, schema: dict[str, Any]) -> dict[str, Any] | None:
-        if self.config.structured_decisions and backend.supports_json_schema:
+        """``schema`` when it may be sent: the backend supports it, the profile wants structured
+        decisions and the prompt set asks for JSON (the reference set's protocol is text)."""
+        if self.config.structured_decisions and self.prompts.structured and (
+            backend.supports_json_schema
+        ):
             return schema
         return None
 
@@ -244,6 +248,7 @@ class RunContext:
             self.note(f"round {step.round} {step.role}: model call failed ({step.error})")
         else:
             step.output = result.text
+            step.finish_reason = result.finish_reason
             step.usage = result.usage
             step.model = result.model or step.model
             if result.finish_reason == "length":
@@ -271,13 +276,16 @@ class RunContext:
         """Take the run's answer from ``step`` (a final-answer call that succeeded)."""
         self.stop_reason = stop_reason
         if self.question.answer_format == "multiple_choice":
-            index = extract_choice(step.output, self.question.options)
-            if index is not None:
-                self.answer = option_letter(index)
+            choice = read_choice(step.output, self.question.options)
+            if choice.index is not None:
+                self.answer = option_letter(choice.index)
                 return
             self.answer = final_answer(step.output)
             self.answer_extracted = False
-            self.note("multiple-choice answer not matched to any option; kept the raw answer")
+            self.note(
+                f"multiple-choice answer not matched to any option ({choice.how}); "
+                "kept the raw answer"
+            )
             return
         self.answer = final_answer(step.output)
         if not self.answer:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from models.base import ModelBackend
-from models.types import ImageInput, Message, Usage
+from models.types import FinishReason, ImageInput, Message, Usage
 
 #: the limits of a request, written once (wire schemas, settings and the Reasoner use these)
 MAX_ROUNDS = 32
@@ -46,6 +46,8 @@ class RunOptions:
     parallel_perception: bool | None = None
     max_tokens: int | None = None  # per model call
     temperature: float | None = None  # None everywhere: the model's default (as the reference)
+    #: the prompt set: "default" (ours, JSON decisions) or "reference" (the authors' protocol)
+    prompts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class ResolvedOptions:
     parallel_perception: bool
     max_tokens: int
     temperature: float | None
+    prompts: str = "default"
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class Step:
     decision: dict[str, Any] | None = None  # parsed dispatcher / referee decision
     parse_error: str | None = None  # the model's output could not be used (round spent)
     error: str | None = None  # the model call failed (round spent)
+    #: why the call ended ("stop", "length" = cut at max_tokens, ...); None when it failed
+    finish_reason: FinishReason | None = None
     usage: Usage = field(default_factory=Usage)
     latency_s: float = 0.0
     started_at: float = 0.0  # seconds since the run started

@@ -38,6 +38,8 @@ class StepOut(BaseModel):
     decision: dict[str, Any] | None = None
     parse_error: str | None = None
     error: str | None = None
+    #: why the call ended: "stop", "length" (cut at max_tokens: a decision then is not read), ...
+    finish_reason: str | None = None
     usage: UsageOut
     latency_s: float = 0.0
     started_at: float = 0.0

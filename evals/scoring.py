@@ -1,4 +1,9 @@
-"""Answer matching. Never guesses: an answer that names no option is ``unparsed``, not wrong."""
+"""Answer matching, with the service's own extractor (:mod:`agents.answers`).
+
+Never guesses: an answer that names no option, or gives no yes/no or number where the reference
+is one, is ``unparsed`` -- counted and reported apart, scored as not correct, never replaced by a
+random or closest option.
+"""
 
 from __future__ import annotations
 
@@ -6,47 +11,60 @@ import re
 import string
 from typing import Literal
 
+from agents.answers import (
+    final_answer,
+    numbers_match,
+    parse_number,
+    read_choice,
+    read_number,
+    read_yes_no,
+    yes_no_value,
+)
+
 Verdict = Literal["correct", "wrong", "unparsed"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_LETTER = re.compile(r"^\(?([A-Z])[\).:]?(\s|$)")
+_NEGATION = re.compile(r"\b(not|no|never|neither|nor)\b|n't\b")
 
 
 def normalize(text: str) -> str:
-    text = text.strip().lower()
-    text = re.sub(r"^(final\s+)?answer\s*[:\-]\s*", "", text)
+    text = final_answer(text).lower()
     text = text.translate(str.maketrans("", "", string.punctuation))
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 
 
 def score_open(prediction: str, reference: str) -> Verdict:
-    """Exact match after normalisation; a one-word reference may also lead the prediction
-    ("yes, the square is red" matches "yes")."""
+    """A yes/no reference needs a yes/no answer, a numeric one a number (compared at the
+    reference's precision); otherwise exact match after normalisation, or a one-word reference
+    leading the prediction's first clause unnegated ("circle, I think" matches "circle")."""
+    if not prediction.strip():
+        return "unparsed"
+    expected = yes_no_value(reference)
+    if expected is not None:
+        said = read_yes_no(prediction)
+        return "unparsed" if said is None else "correct" if said == expected else "wrong"
+    number = parse_number(reference)
+    if number is not None:
+        value = read_number(prediction)
+        if value is None:
+            return "unparsed"
+        return "correct" if numbers_match(value, number) else "wrong"
     pred, ref = normalize(prediction), normalize(reference)
     if not pred:
         return "unparsed"
     if pred == ref:
         return "correct"
-    if " " not in ref and pred.split()[0] == ref:
+    first_clause = re.split(r"[,;.!?]", final_answer(prediction).lower(), maxsplit=1)[0]
+    words = normalize(first_clause).split()
+    if " " not in ref and words and words[0] == ref and not _NEGATION.search(first_clause):
         return "correct"
     return "wrong"
 
 
 def extract_option(prediction: str, options: tuple[str, ...]) -> int | None:
-    """The index of the option the prediction names (by letter or by text), or None."""
-    text = prediction.strip()
-    m = _LETTER.match(text.upper() if len(text) <= 3 else text)
-    if m:
-        index = ord(m.group(1)) - ord("A")
-        if 0 <= index < len(options):
-            return index
-    norm = normalize(text)
-    named = [i for i, opt in enumerate(options) if normalize(opt) and normalize(opt) in norm]
-    if len(named) == 1:
-        return named[0]
-    exact = [i for i, opt in enumerate(options) if normalize(opt) == norm]
-    return exact[0] if len(exact) == 1 else None
+    """The index of the option the prediction names, or None (the loop's own extractor)."""
+    return read_choice(prediction, options).index
 
 
 def score_choice(prediction: str, reference: str, options: tuple[str, ...]) -> Verdict:

@@ -19,7 +19,7 @@ from models.errors import InvalidRequest, MediaError
 from models.types import ContentPart, ImageInput, ImagePart, Message, TextPart
 
 #: fields of the ``proreason`` extension, as the Reasoner names them in its errors
-_EXTENSION_PARAMS = ("options", "answer_format", "max_rounds")
+_EXTENSION_PARAMS = ("options", "answer_format", "max_rounds", "prompts")
 
 
 def _check_fields(req: ChatCompletionRequest) -> None:
@@ -113,6 +113,7 @@ async def prepare_chat(
         parallel_perception=pipeline.parallel_perception,
         max_tokens=req.max_completion_tokens or req.max_tokens,
         temperature=req.temperature,
+        prompts=ext.prompts if ext else None,
     )
     question = Question(
         text=question_text,

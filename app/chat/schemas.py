@@ -58,6 +58,8 @@ class ProReasonExtension(BaseModel):
     answer_format: AnswerFormat = "open"
     options: list[str] | None = Field(None, max_length=MAX_OPTIONS)
     timeout_s: float | None = Field(None, gt=0)
+    #: the prompt set: "default" (JSON decisions) or "reference" (the authors' text protocol)
+    prompts: str | None = Field(None, max_length=32)
     #: where streamed agent steps go: the delta field vLLM uses for reasoning text, the older
     #: DeepSeek name, or nowhere
     step_field: Literal["reasoning", "reasoning_content", "none"] = "reasoning"

@@ -32,6 +32,7 @@ async def prepare_reason(
         parallel_perception=params.parallel_perception,
         max_tokens=params.max_tokens,
         temperature=params.temperature,
+        prompts=params.prompts,
     )
     started = time.perf_counter()
     paths = [f"images[{i}]" for i in range(len(refs))]

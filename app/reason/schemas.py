@@ -31,6 +31,12 @@ class ReasonParams(BaseModel):
     stream: bool = Field(False, description="answer as server-sent events, one per model call")
     max_tokens: int | None = Field(None, ge=1, le=65_536, description="per model call")
     temperature: float | None = Field(None, ge=0, le=2)
+    prompts: str | None = Field(
+        None,
+        max_length=32,
+        description="the prompt set: 'default' (JSON decisions) or 'reference' (the authors' "
+        "text protocol); default: the server's agent.prompts",
+    )
     timeout_s: float | None = Field(
         None, gt=0, description="lower the server's request deadline for this request"
     )

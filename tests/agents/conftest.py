@@ -30,9 +30,16 @@ def image2(shapes_image: Image.Image) -> ImageInput:
     return ImageInput(shapes_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
 
 
+@pytest.fixture(scope="session")
+def prompt_sets() -> dict[str, PromptSet]:
+    return PromptSet.load_sets()
+
+
 @pytest.fixture
-def make_reasoner(prompts: PromptSet) -> Callable[..., Reasoner]:
+def make_reasoner(prompt_sets: dict[str, PromptSet]) -> Callable[..., Reasoner]:
     def make(vision: FakeModel, text: FakeModel | None = None, **config: object) -> Reasoner:
-        return Reasoner(ModelSet(vision=vision, text=text), AgentConfig(**config), prompts=prompts)
+        return Reasoner(
+            ModelSet(vision=vision, text=text), AgentConfig(**config), prompts=prompt_sets
+        )
 
     return make

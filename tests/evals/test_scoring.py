@@ -43,6 +43,49 @@ def test_extract_option(prediction: str, index: int | None) -> None:
     assert extract_option(prediction, OPTIONS) == index
 
 
+@pytest.mark.parametrize(
+    ("prediction", "reference", "options", "verdict"),
+    [
+        # the cases: negation, the article "A", "(C)" after "the answer is"
+        ("It is not red.", "red", ("red", "blue"), "unparsed"),
+        ("It is not red.", "blue", ("red", "blue"), "unparsed"),
+        ("A cat sat on the mat.", "A", ("dog", "cat"), "wrong"),
+        ("A cat sat on the mat.", "B", ("dog", "cat"), "correct"),
+        ("The answer is (C).", "C", OPTIONS, "correct"),
+        ("The answer is (C).", "triangle", OPTIONS, "correct"),
+        ("A or B", "A", OPTIONS, "unparsed"),
+        ("12", "B", ("1", "12"), "correct"),
+        ("1", "B", ("1", "12"), "wrong"),
+    ],
+)
+def test_score_choice_hard_cases(
+    prediction: str, reference: str, options: tuple[str, ...], verdict: str
+) -> None:
+    assert score_choice(prediction, reference, options) == verdict
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "verdict"),
+    [
+        ("No, it is not.", "no", "correct"),
+        ("Yes, it is not red.", "yes", "correct"),
+        ("It is not red.", "no", "unparsed"),  # no yes/no: never inferred
+        ("maybe", "yes", "unparsed"),
+        ("12 apples", "12", "correct"),
+        ("1", "12", "wrong"),
+        ("12", "1", "wrong"),
+        ("3.14159", "3.14", "correct"),
+        ("3.1", "3.14", "wrong"),
+        ("three", "3", "correct"),
+        ("about 3 or 4", "3", "unparsed"),
+        ("circle, I think", "circle", "correct"),
+        ("circle is not right", "circle", "wrong"),
+    ],
+)
+def test_score_open_hard_cases(prediction: str, reference: str, verdict: str) -> None:
+    assert score_open(prediction, reference) == verdict
+
+
 def test_score_choice_letter_or_text_reference() -> None:
     assert score_choice("B", "square", OPTIONS) == "correct"
     assert score_choice("square", "B", OPTIONS) == "correct"

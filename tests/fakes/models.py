@@ -9,6 +9,7 @@ gate, report unhealthy, claim JSON-schema support or not, and refuse images.
     script[role]   a string; a list consumed in order (its last item repeats); or a function
                    ``(request, n) -> text`` with n the 1-based call count of that role
     fail[role]     call numbers that raise ModelError ({1, 3})
+    cut[role]      call numbers whose output ends at max_tokens (finish_reason "length")
     raise_on[role] an exception every call of that role raises
     delay_s        seconds to sleep per call (a number, or per role)
     gate           when set, every call waits for it (tests hold calls in flight)
@@ -58,6 +59,8 @@ class FakeModel(ModelBackend):
     backend: str = "fake"
     script: dict[str, Script] = field(default_factory=dict)
     fail: dict[str, set[int]] = field(default_factory=dict)
+    #: call numbers that end at max_tokens (finish_reason "length")
+    cut: dict[str, set[int]] = field(default_factory=dict)
     raise_on: dict[str, BaseException] = field(default_factory=dict)
     delay_s: float | dict[str, float] = field(default_factory=dict)
     gate: asyncio.Event | None = None
@@ -116,7 +119,8 @@ class FakeModel(ModelBackend):
             completion_tokens=self.count_tokens(text),
             image_tokens=images,
         )
-        return GenerationResult(text=text, usage=usage, model=self.name)
+        finish = "length" if n in self.cut.get(role, set()) else "stop"
+        return GenerationResult(text=text, usage=usage, model=self.name, finish_reason=finish)
 
     async def health(self) -> bool:
         return self.healthy

@@ -1,7 +1,9 @@
 """Which ProReason role a prompt is for, recognised by the bundled system prompts.
 
 Shared by every test double that answers per role (scripted ModelBackends, loopback upstreams).
-If configs/prompts/*.yaml change their opening lines, update SYSTEM_ROLES.
+If configs/prompts/*.yaml change their opening lines, update SYSTEM_ROLES. The ``reference``
+prompt set (configs/prompts/reference/) gives most roles no system prompt, as the authors' code:
+those are recognised by the opening line of the user message (USER_ROLES).
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ SYSTEM_ROLES: tuple[tuple[str, str], ...] = (
     ("You write the final answer", "summarizer"),
     ("You describe images as structured scene graphs", "scene_graph"),
     ("You describe images.", "caption"),
+    ("You are a professor at a technical university", "insight"),  # the reference set
+)
+#: user-message prefixes of the reference set's roles that have no system prompt -> role
+USER_ROLES: tuple[tuple[str, str], ...] = (
+    ("Your task is to settle this question:", "dispatcher"),
+    ("Work through this step by step and answer:", "vision"),
+    ("The question I have to answer is:", "referee"),
+    ("The question to answer is:", "summarizer"),
 )
 #: everything else answers the original question in one go (fallback, no-image, baselines)
 ANSWER = "answer"
@@ -37,24 +47,37 @@ DEFAULT_SCRIPT: dict[str, str] = {
 }
 
 
-def role_of_system(system: str) -> str:
+def role_of_system(system: str, user: str = "") -> str:
     for prefix, role in SYSTEM_ROLES:
         if system.startswith(prefix) and (role != "caption" or system == prefix):
             return role
+    if not system:
+        for prefix, role in USER_ROLES:
+            if user.startswith(prefix):
+                return role
     return ANSWER
 
 
 def role_of(request: GenerationRequest) -> str:
     """The role of an internal request (scripted ModelBackend doubles)."""
-    return role_of_system(
-        next((m.text_content for m in request.messages if m.role == "system"), "")
-    )
+    system = next((m.text_content for m in request.messages if m.role == "system"), "")
+    user = next((m.text_content for m in request.messages if m.role == "user"), "")
+    return role_of_system(system, user)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
 
 
 def role_in(body: dict[str, Any]) -> str:
     """The role of a chat-completions body (loopback upstream doubles)."""
     system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
-    return role_of_system(system if isinstance(system, str) else "")
+    user = next((m["content"] for m in body["messages"] if m["role"] == "user"), "")
+    return role_of_system(system if isinstance(system, str) else "", _text(user))
 
 
 class RoleResponder:
