@@ -109,7 +109,7 @@ class RunContext:
             for message in self.question.history:
                 text = " ".join(message.text_content.split())
                 if message.images:
-                    text = f"[{len(message.images)} image(s)] {text}".strip()
+                    text = f"{self._image_labels(message)} {text}".strip()
                 if text:
                     lines.append(f"{message.role.capitalize()}: {text}")
             budget = max(1, self._prompt_budget(backend) // HISTORY_SHARE)
@@ -129,6 +129,18 @@ class RunContext:
                 self.prompts.text("history", turns=fitted.text) if fitted.text else ""
             )
         return self._history[key]
+
+    def _image_labels(self, message: Message) -> str:
+        """``[image 2]`` for each image of an earlier turn: its position among the images the
+        vision expert sees (the latest turn's first, then earlier turns, newest first)."""
+        numbers = {}
+        for i, image in enumerate(self.question.images, start=1):
+            numbers.setdefault(image.sha256, i)
+        labels = [
+            f"[image {numbers[image.sha256]}]" if image.sha256 in numbers else "[image not shown]"
+            for image in message.images
+        ]
+        return " ".join(labels)
 
     def answer_format(self, style: AnswerStyle) -> str:
         """The answer instructions for the question's format (with the options, if any)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from agents import Question, Reasoner, RunOptions
 from app.chat.schemas import ChatCompletionRequest, ChatMessage, ImageContent, TextContent
@@ -42,10 +43,16 @@ def _check_fields(req: ChatCompletionRequest) -> None:
         )
 
 
-def _image_refs(messages: Sequence[ChatMessage]) -> tuple[list[str], list[str]]:
-    """The image URLs of ``messages`` in order, and the JSON path of each; only user turns may
-    carry images."""
-    refs, paths = [], []
+@dataclass(frozen=True)
+class _ImageRef:
+    url: str
+    path: str  # the JSON path of the part, for error messages
+    message: int  # index of the message it came from
+
+
+def _image_refs(messages: Sequence[ChatMessage]) -> list[_ImageRef]:
+    """Every image part of ``messages`` in order; only user turns may carry images."""
+    refs = []
     for i, m in enumerate(messages):
         if not isinstance(m.content, list):
             continue
@@ -57,9 +64,26 @@ def _image_refs(messages: Sequence[ChatMessage]) -> tuple[list[str], list[str]]:
                         param=f"messages[{i}].content",
                     )
                 url = part.image_url
-                refs.append(url if isinstance(url, str) else url.url)
-                paths.append(f"messages[{i}].content[{j}].image_url")
-    return refs, paths
+                url = url if isinstance(url, str) else url.url
+                refs.append(_ImageRef(url, f"messages[{i}].content[{j}].image_url", i))
+    return refs
+
+
+def _select(refs: list[_ImageRef], last: int, limit: int) -> list[_ImageRef]:
+    """The images the vision expert sees: the latest turn's (all of them, in order; more than
+    ``limit`` is a 400 from the loader), then earlier turns' newest first, up to ``limit``
+    distinct URLs. Each distinct URL is fetched and checked once."""
+    latest = [r for r in refs if r.message == last]
+    earlier = [r for r in refs if r.message != last]
+    earlier.sort(key=lambda r: r.message, reverse=True)  # stable: a turn keeps its part order
+    chosen, seen = list(latest), {r.url for r in latest}
+    for ref in earlier:
+        if len(seen) >= limit:
+            break
+        if ref.url not in seen:
+            seen.add(ref.url)
+            chosen.append(ref)
+    return chosen
 
 
 def _wire_text(m: ChatMessage) -> str:
@@ -69,8 +93,12 @@ def _wire_text(m: ChatMessage) -> str:
     return "\n".join(p.text for p in parts if isinstance(p, TextContent))
 
 
-def _to_message(m: ChatMessage, images: list[ImageInput]) -> Message:
-    """One chat message -> an internal Message, taking its images (in order) from ``images``."""
+#: stands in for an earlier turn's image that was not loaded (over media.max_images)
+NOT_SHOWN = "[an earlier image, not shown to the models: over the per-request image limit]"
+
+
+def _to_message(m: ChatMessage, images: dict[str, ImageInput]) -> Message:
+    """One chat message -> an internal Message; its images by URL from ``images`` (loaded ones)."""
     role = "system" if m.role == "developer" else m.role
     parts: list[ContentPart] = []
     if isinstance(m.content, str):
@@ -79,8 +107,10 @@ def _to_message(m: ChatMessage, images: list[ImageInput]) -> Message:
         for part in m.content:
             if isinstance(part, TextContent):
                 parts.append(TextPart(part.text))
-            else:
-                parts.append(ImagePart(images.pop(0)))
+                continue
+            url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+            image = images.get(url)
+            parts.append(ImagePart(image) if image is not None else TextPart(NOT_SHOWN))
     return Message(role=role, content=tuple(parts))
 
 
@@ -94,7 +124,7 @@ async def prepare_chat(
     pipeline = resolve_pipeline(req.model, settings.server.served_model_prefix, settings.agent)
     _check_fields(req)
     last_index = len(req.messages) - 1
-    refs, paths = _image_refs(req.messages)
+    refs = _select(_image_refs(req.messages), last_index, media.config.max_images)
     question_text = _wire_text(req.messages[-1])
     if not question_text.strip():
         raise InvalidRequest(
@@ -102,9 +132,11 @@ async def prepare_chat(
             param=f"messages[{last_index}].content",
         )
     started = time.perf_counter()
-    images = await media.load_request(refs, paths, param="messages")
+    loaded = await media.load_request([r.url for r in refs], [r.path for r in refs],
+                                      param="messages")  # fmt: skip
     media_s = time.perf_counter() - started
-    converted = [_to_message(m, images) for m in req.messages]
+    by_url = {r.url: image for r, image in zip(refs, loaded, strict=True)}
+    converted = [_to_message(m, by_url) for m in req.messages]
     ext = req.proreason
     options = RunOptions(
         method=pipeline.method,
@@ -117,7 +149,7 @@ async def prepare_chat(
     )
     question = Question(
         text=question_text,
-        images=tuple(converted[-1].images),
+        images=tuple(loaded),  # the latest turn's first, then earlier turns' (newest first)
         history=tuple(converted[:-1]),
         answer_format=ext.answer_format if ext else "open",
         options=tuple(ext.options or ()) if ext else (),
