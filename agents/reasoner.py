@@ -122,6 +122,8 @@ class Reasoner:
             parallel_perception=pick(options.parallel_perception, cfg.parallel_perception),
             max_tokens=pick(options.max_tokens, cfg.max_tokens),
             temperature=pick(options.temperature, cfg.temperature),
+            top_p=options.top_p,
+            seed=options.seed,
         )
         if resolved.method not in METHODS:
             raise InvalidRequest(

@@ -46,6 +46,8 @@ class RunOptions:
     parallel_perception: bool | None = None
     max_tokens: int | None = None  # per model call
     temperature: float | None = None  # None everywhere: the model's default (as the reference)
+    top_p: float | None = None  # None: the model's default
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class ResolvedOptions:
     parallel_perception: bool
     max_tokens: int
     temperature: float | None
+    top_p: float | None = None
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class Step:
     started_at: float = 0.0  # seconds since the run started
     #: True when this call ran concurrently with other calls of its round (parallel perception)
     parallel: bool = False
+    finish_reason: str | None = None
 
 
 @dataclass

@@ -92,13 +92,18 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=65_536, description="per model call")
     max_completion_tokens: int | None = Field(None, ge=1, le=65_536)
     temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1, description="accepted and ignored")
+    top_p: float | None = Field(None, gt=0, le=1, description="sent with every model call")
     n: int | None = Field(None, ge=1, description="only 1 is supported")
+    stop: str | list[str] | None = Field(
+        None, description="up to 4 sequences; the final answer is cut at the first one"
+    )
+    logprobs: bool | None = Field(None, description="not supported: `true` is a 400")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="not supported (400)")
     stream: bool = False
     stream_options: StreamOptions | None = None
     tools: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, description="sent with every model call")
     user: str | None = None
     proreason: ProReasonExtension | None = None
 
@@ -108,8 +113,9 @@ class ChatCompletionRequest(BaseModel):
 
 class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
-    #: image tokens included in prompt_tokens (null: the backend cannot tell)
+    #: image tokens included in prompt_tokens (absent: the backend cannot tell)
     image_tokens: int | None = None
+    #: absent when image_tokens is
     text_tokens: int | None = None
 
 
@@ -123,6 +129,7 @@ class ChatUsage(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    refusal: None = None  # always null (required by the spec)
 
 
 class Choice(BaseModel):
