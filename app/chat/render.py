@@ -76,9 +76,7 @@ def wire(body: ChatCompletion | ChatCompletionChunk) -> dict[str, Any]:
         data["proreason"] = body.proreason.model_dump(mode="json", exclude_none=True)
     if "usage" in data:
         details = data["usage"]["prompt_tokens_details"]
-        data["usage"]["prompt_tokens_details"] = {
-            k: v for k, v in details.items() if v is not None
-        }
+        data["usage"]["prompt_tokens_details"] = {k: v for k, v in details.items() if v is not None}
     for choice in data["choices"]:
         if "delta" in choice:
             choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}

@@ -25,7 +25,10 @@ def oai(client: TestClient) -> OpenAI:
 def user_turn(text: str, url: str) -> dict:
     return {
         "role": "user",
-        "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}],
+        "content": [
+            {"type": "image_url", "image_url": {"url": url}},
+            {"type": "text", "text": text},
+        ],
     }
 
 
