@@ -36,7 +36,9 @@ HISTORY_SHARE = 4
 class RunContext:
     """One question being answered: models, memory, the steps so far, notes and counters."""
 
-    def __init__(self, job: Job, models: ModelSet, prompts: PromptSet, config: AgentConfig) -> None:
+    def __init__(
+        self, job: Job, models: ModelSet, prompts: PromptSet, config: AgentConfig
+    ) -> None:
         self.question = job.question
         self.options = job.options
         self.prompts = prompts

@@ -122,7 +122,9 @@ def parse_http_url(ref: str) -> httpx.URL:
     if not url.raw_host:
         raise refuse("invalid image URL: no host", "invalid_url")
     if url.userinfo:
-        raise refuse("image URLs with credentials (user:password@) are not accepted", "invalid_url")
+        raise refuse(
+            "image URLs with credentials (user:password@) are not accepted", "invalid_url"
+        )
     return url
 
 
@@ -400,5 +402,7 @@ class MediaLoader:
         async for chunk in response.aiter_bytes():
             body += chunk
             if len(body) > limit:
-                raise refuse(f"image at {shown} is too large: more than {limit} bytes", "too_large")
+                raise refuse(
+                    f"image at {shown} is too large: more than {limit} bytes", "too_large"
+                )
         return bytes(body)
