@@ -179,3 +179,38 @@ def test_retrieve_an_unknown_model_is_404(oai: OpenAI, client: TestClient) -> No
     assert info.value.code == "model_not_found"
     body = client.get("/v1/models/gpt-4o").json()
     assert body["error"]["type"] == "invalid_request_error" and body["error"]["param"] == "model"
+
+
+# --------------------------------------------------------------------------- 5. strict types
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("temperature", True),
+        ("top_p", True),
+        ("max_tokens", True),
+        ("max_tokens", 12.0),
+        ("seed", False),
+        ("stream", 1),
+        ("temperature", "0.5"),
+        ("logprobs", 0),
+    ],
+)
+def test_request_types_are_strict(client: TestClient, field: str, value: object) -> None:
+    r = client.post(
+        "/v1/chat/completions", json={"model": "proreason", "messages": [TEXT_ONLY], field: value}
+    )
+    assert r.status_code == 400, (field, value)
+    assert field in r.json()["error"]["param"]
+
+
+def test_strict_extension_types(client: TestClient) -> None:
+    body = {"model": "proreason", "messages": [TEXT_ONLY], "proreason": {"trace": 1}}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400
+
+
+def test_ints_are_accepted_for_floats(client: TestClient, text: FakeModel) -> None:
+    chat(client, messages=[TEXT_ONLY], temperature=1, top_p=1)
+    assert text.calls[0].request.sampling.temperature == 1.0
