@@ -142,6 +142,8 @@ class Reasoner:
             max_tokens=pick(options.max_tokens, cfg.max_tokens),
             temperature=pick(options.temperature, cfg.temperature),
             prompts=pick(options.prompts, cfg.prompts),
+            top_p=options.top_p,
+            seed=options.seed,
         )
         if resolved.prompts not in self.prompt_sets:
             raise InvalidRequest(

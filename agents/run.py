@@ -55,7 +55,10 @@ class RunContext:
         self.stop_reason: StopReason | None = None
         self.run_id = uuid.uuid4().hex[:12]
         self.sampling = SamplingParams(
-            max_tokens=self.options.max_tokens, temperature=self.options.temperature
+            max_tokens=self.options.max_tokens,
+            temperature=self.options.temperature,
+            top_p=self.options.top_p,
+            seed=self.options.seed,
         )
         self._errors: dict[int, ModelError] = {}
         self._history: dict[int, str] = {}

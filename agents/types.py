@@ -48,6 +48,8 @@ class RunOptions:
     temperature: float | None = None  # None everywhere: the model's default (as the reference)
     #: the prompt set: "default" (ours, JSON decisions) or "reference" (the authors' protocol)
     prompts: str | None = None
+    top_p: float | None = None  # None: the model's default
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class ResolvedOptions:
     max_tokens: int
     temperature: float | None
     prompts: str = "default"
+    top_p: float | None = None
+    seed: int | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from app.logs import configure_logging
 from app.media import MediaLoader
 from app.metrics import Metrics
 from app.middleware import EdgeMiddleware
+from app.openapi import install_openapi
 from app.reason.route import router as reason_router
 from app.runner import Runner
 from app.settings import Settings
@@ -88,6 +89,7 @@ def create_app(
     app.include_router(reason_router)
     app.include_router(chat_router)
     app.include_router(ops.router)
+    install_openapi(app, secured=bool(settings.server.api_keys))
     return app
 
 

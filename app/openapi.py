@@ -1,8 +1,11 @@
-"""OpenAPI descriptions of the error responses (all share the OpenAI error envelope)."""
+"""OpenAPI: the error responses (all share the OpenAI error envelope) and the spec itself."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from app.schemas import ErrorResponse
 
@@ -26,3 +29,33 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 REASONING_ERRORS = error_responses(400, 401, 404, 413, 429, 502, 503, 504)
+
+
+def install_openapi(app: FastAPI, *, secured: bool) -> None:
+    """``/openapi.json`` as the service really answers: no FastAPI default 422 (every validation
+    error is a 400, documented on each route), and the Bearer scheme (with its 401s) only when
+    ``server.api_keys`` is set."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            for item in spec.get("paths", {}).values():
+                for op in item.values():
+                    op.get("responses", {}).pop("422", None)
+                    if not secured:
+                        op.pop("security", None)
+                        op.get("responses", {}).pop("401", None)
+            components = spec.get("components", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.get("schemas", {}).pop(name, None)
+            if not secured:
+                components.pop("securitySchemes", None)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

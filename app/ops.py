@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from agents.types import Method, Mode
 from app.deps import Authorized, MetricsDep, RunnerDep, SettingsDep
 from app.openapi import error_responses
-from app.pipelines import pipelines
+from app.pipelines import ModelNotFound, Pipeline, pipelines
 
 router = APIRouter(tags=["operations"])
 _STARTED = int(time.time())
@@ -91,14 +91,31 @@ async def metrics(registry: MetricsDep) -> Response:
 )
 async def list_models(settings: SettingsDep) -> ModelList:
     served = pipelines(settings.server.served_model_prefix, settings.agent)
-    cards = [
-        ModelCard(
-            id=p.name,
-            created=_STARTED,
-            method=p.method,
-            mode=p.mode,
-            parallel_perception=p.parallel_perception,
+    return ModelList(data=[_card(p) for p in served.values()])
+
+
+@router.get(
+    "/v1/models/{model}",
+    dependencies=[Authorized],
+    response_model=ModelCard,
+    responses=error_responses(401, 404),
+    tags=["openai"],
+    summary="One served pipeline (404 `model_not_found` for an unknown id)",
+)
+async def retrieve_model(model: str, settings: SettingsDep) -> ModelCard:
+    served = pipelines(settings.server.served_model_prefix, settings.agent)
+    if model not in served:
+        raise ModelNotFound(
+            f"The model '{model}' does not exist; available: {', '.join(served)}", param="model"
         )
-        for p in served.values()
-    ]
-    return ModelList(data=cards)
+    return _card(served[model])
+
+
+def _card(p: Pipeline) -> ModelCard:
+    return ModelCard(
+        id=p.name,
+        created=_STARTED,
+        method=p.method,
+        mode=p.mode,
+        parallel_perception=p.parallel_perception,
+    )

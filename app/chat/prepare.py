@@ -23,9 +23,34 @@ from models.types import ContentPart, ImageInput, ImagePart, Message, TextPart
 _EXTENSION_PARAMS = ("options", "answer_format", "max_rounds", "prompts")
 
 
+#: OpenAI's limit on ``stop`` sequences
+MAX_STOP = 4
+
+
+def stop_sequences(req: ChatCompletionRequest) -> tuple[str, ...]:
+    """``stop`` as a tuple (a string or a list of up to 4 non-empty strings)."""
+    stop = req.stop
+    if stop is None:
+        return ()
+    stops = (stop,) if isinstance(stop, str) else tuple(stop)
+    if len(stops) > MAX_STOP:
+        raise InvalidRequest(f"at most {MAX_STOP} stop sequences are allowed", param="stop")
+    if not all(stops):
+        raise InvalidRequest("stop sequences must not be empty", param="stop")
+    return stops
+
+
 def _check_fields(req: ChatCompletionRequest) -> None:
     if req.n not in (None, 1):
         raise InvalidRequest("only n=1 is supported", param="n")
+    if req.logprobs:
+        raise InvalidRequest("logprobs are not supported by this server", param="logprobs")
+    if req.top_logprobs is not None:
+        raise InvalidRequest(
+            "top_logprobs is not supported by this server (logprobs are not returned)",
+            param="top_logprobs",
+        )
+    stop_sequences(req)
     if req.tools:
         raise InvalidRequest("tools are not supported by this server", param="tools")
     if req.response_format and req.response_format.get("type", "text") != "text":
@@ -146,6 +171,8 @@ async def prepare_chat(
         max_tokens=req.max_completion_tokens or req.max_tokens,
         temperature=req.temperature,
         prompts=ext.prompts if ext else None,
+        top_p=req.top_p,
+        seed=req.seed,
     )
     question = Question(
         text=question_text,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from agents.types import RunResult, Step
+from app.chat.prepare import stop_sequences
 from app.chat.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -23,7 +25,7 @@ from app.errors import describe, log_failure, sse_error
 from app.runner import Event, Heartbeat
 from app.schemas import step_out
 from app.sse import KEEP_ALIVE
-from models.types import Usage
+from models.types import FinishReason, Usage
 
 
 def _clip(text: str, width: int = 300) -> str:
@@ -51,6 +53,35 @@ def step_line(step: Step) -> str:
     return f"{head}: {_clip(text)}\n"
 
 
+def final_answer(result: RunResult, stop: tuple[str, ...] = ()) -> tuple[str, FinishReason]:
+    """The answer cut at the first ``stop`` sequence, and its finish_reason: "length" when the
+    final-answer call (the run's last step) was cut at max_tokens and no stop sequence matched."""
+    text = result.answer
+    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=-1)
+    if cut >= 0:
+        return text[:cut], "stop"
+    last = result.steps[-1] if result.steps else None
+    return text, "length" if last is not None and last.finish_reason == "length" else "stop"
+
+
+def wire(body: ChatCompletion | ChatCompletionChunk) -> dict[str, Any]:
+    """The JSON of a completion or chunk: ``null`` where the spec requires the member
+    (``logprobs``, ``refusal``), absent where it is optional (our extension, usage details the
+    backend cannot tell, empty delta fields)."""
+    data = body.model_dump(mode="json")
+    for key in ("usage", "proreason", "system_fingerprint"):
+        if data.get(key) is None:
+            data.pop(key, None)
+    if isinstance(body, ChatCompletion) and body.proreason is not None:
+        data["proreason"] = body.proreason.model_dump(mode="json", exclude_none=True)
+    if "usage" in data:
+        details = data["usage"]["prompt_tokens_details"]
+        data["usage"]["prompt_tokens_details"] = {k: v for k, v in details.items() if v is not None}
+    for choice in data["choices"]:
+        if "delta" in choice:
+            choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+    return data
+
 
 def chat_usage(usage: Usage) -> ChatUsage:
     return ChatUsage(
@@ -58,6 +89,7 @@ def chat_usage(usage: Usage) -> ChatUsage:
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
         prompt_tokens_details=PromptTokensDetails(
+            cached_tokens=usage.cached_tokens or 0,
             image_tokens=usage.image_tokens,
             text_tokens=None
             if usage.image_tokens is None
@@ -79,13 +111,15 @@ def proreason_info(result: RunResult) -> ProReasonInfo:
 
 
 def chat_completion(
-    completion_id: str, model: str, result: RunResult, trace: bool
+    completion_id: str, model: str, result: RunResult, req: ChatCompletionRequest
 ) -> ChatCompletion:
+    answer, finish_reason = final_answer(result, stop_sequences(req))
+    trace = bool(req.proreason and req.proreason.trace)
     return ChatCompletion(
         id=completion_id,
         created=int(time.time()),
         model=model,
-        choices=[Choice(message=AssistantMessage(content=result.answer))],
+        choices=[Choice(message=AssistantMessage(content=answer), finish_reason=finish_reason)],
         usage=chat_usage(result.usage),
         proreason=proreason_info(result) if trace else None,
     )
@@ -101,13 +135,7 @@ class ChunkWriter:
 
     @staticmethod
     def _line(chunk: ChatCompletionChunk) -> str:
-        data = chunk.model_dump(mode="json")
-        for key in ("usage", "proreason"):
-            if data[key] is None:
-                del data[key]
-        for choice in data["choices"]:
-            choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
-        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+        return f"data: {json.dumps(wire(chunk), ensure_ascii=False)}\n\n"
 
     def chunk(self, delta: ChunkDelta, finish_reason: str | None = None, **extra: object) -> str:
         choice = ChunkChoice(delta=delta, finish_reason=finish_reason)
@@ -125,9 +153,9 @@ class ChunkWriter:
     def content(self, text: str) -> str:
         return self.chunk(ChunkDelta(content=text))
 
-    def finish(self, result: RunResult, trace: bool) -> str:
+    def finish(self, result: RunResult, finish_reason: FinishReason, trace: bool) -> str:
         info = proreason_info(result) if trace else None
-        return self.chunk(ChunkDelta(), "stop", proreason=info)
+        return self.chunk(ChunkDelta(), finish_reason, proreason=info)
 
     def usage(self, usage: Usage) -> str:
         chunk = ChatCompletionChunk(
@@ -165,8 +193,9 @@ async def chat_events(
                 yield writer.step(event, step_field)
         if result is None:
             raise RuntimeError("the reasoner ended without a result")
-        yield writer.content(result.answer)
-        yield writer.finish(result, trace)
+        answer, finish_reason = final_answer(result, stop_sequences(req))
+        yield writer.content(answer)
+        yield writer.finish(result, finish_reason, trace)
         if include_usage:
             yield writer.usage(result.usage)
     except Exception as exc:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from functools import partial
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from app.chat.prepare import prepare_chat
-from app.chat.render import ChunkWriter, chat_completion, chat_events
+from app.chat.render import ChunkWriter, chat_completion, chat_events, wire
 from app.chat.schemas import ChatCompletion, ChatCompletionRequest
 from app.deps import Authorized, MediaDep, RunnerDep
 from app.openapi import REASONING_ERRORS
@@ -28,13 +29,12 @@ _STREAM_DOC = {
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletion,
-    response_model_exclude_none=True,
     responses={200: _STREAM_DOC, **REASONING_ERRORS},
     summary="OpenAI-compatible chat completion answered by a ProReason pipeline",
 )
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, runner: RunnerDep, media: MediaDep
-) -> ChatCompletion | EventStream:
+) -> JSONResponse | EventStream:
     request_id: str = request.state.request_id
     slot = runner.admit()
     work = prepare_chat(body, settings=runner.settings, media=media, reasoner=runner.reasoner)
@@ -45,5 +45,4 @@ async def chat_completions(
         render = partial(chat_events, req=body, writer=writer, request_id=request_id)
         return runner.stream(request, slot, prepared, render)
     result = await runner.answer(request, slot, prepared)
-    trace = bool(body.proreason and body.proreason.trace)
-    return chat_completion(completion_id, pipeline.name, result, trace)
+    return JSONResponse(wire(chat_completion(completion_id, pipeline.name, result, body)))

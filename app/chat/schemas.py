@@ -1,5 +1,7 @@
 """Wire schemas of the OpenAI-compatible ``/v1/chat/completions`` (request, response, chunks).
 
+Numbers and booleans are strict (``"temperature": true`` or ``"max_tokens": "5"`` is a 400;
+an integer is accepted for a float).
 Unknown request fields are ignored (OpenAI clients send many); fields we cannot honour with a
 different meaning (``n > 1``, tools, non-text ``response_format``) are rejected by
 ``app.chat.prepare``.
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from agents.types import MAX_OPTIONS, MAX_ROUNDS, AnswerFormat
 from app.schemas import StepOut
@@ -45,7 +47,7 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ProReasonExtension(BaseModel):
@@ -53,11 +55,11 @@ class ProReasonExtension(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    trace: bool = Field(False, description="add a `proreason` member with the steps")
-    max_rounds: int | None = Field(None, ge=1, le=MAX_ROUNDS)
+    trace: StrictBool = Field(False, description="add a `proreason` member with the steps")
+    max_rounds: StrictInt | None = Field(None, ge=1, le=MAX_ROUNDS)
     answer_format: AnswerFormat = "open"
     options: list[str] | None = Field(None, max_length=MAX_OPTIONS)
-    timeout_s: float | None = Field(None, gt=0)
+    timeout_s: StrictFloat | None = Field(None, gt=0)
     #: the prompt set: "default" (JSON decisions) or "reference" (the authors' text protocol)
     prompts: str | None = Field(None, max_length=32)
     #: where streamed agent steps go: the delta field vLLM uses for reasoning text, the older
@@ -91,16 +93,21 @@ class ChatCompletionRequest(BaseModel):
 
     model: str = Field(description="a pipeline listed by /v1/models")
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
-    max_tokens: int | None = Field(None, ge=1, le=65_536, description="per model call")
-    max_completion_tokens: int | None = Field(None, ge=1, le=65_536)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1, description="accepted and ignored")
-    n: int | None = Field(None, ge=1, description="only 1 is supported")
-    stream: bool = False
+    max_tokens: StrictInt | None = Field(None, ge=1, le=65_536, description="per model call")
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=65_536)
+    temperature: StrictFloat | None = Field(None, ge=0, le=2)
+    top_p: StrictFloat | None = Field(None, gt=0, le=1, description="sent with every model call")
+    n: StrictInt | None = Field(None, ge=1, description="only 1 is supported")
+    stop: str | list[str] | None = Field(
+        None, description="up to 4 sequences; the final answer is cut at the first one"
+    )
+    logprobs: StrictBool | None = Field(None, description="not supported: `true` is a 400")
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20, description="not supported (400)")
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     tools: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None
-    seed: int | None = None
+    seed: StrictInt | None = Field(None, description="sent with every model call")
     user: str | None = None
     proreason: ProReasonExtension | None = None
 
@@ -110,8 +117,9 @@ class ChatCompletionRequest(BaseModel):
 
 class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
-    #: image tokens included in prompt_tokens (null: the backend cannot tell)
+    #: image tokens included in prompt_tokens (absent: the backend cannot tell)
     image_tokens: int | None = None
+    #: absent when image_tokens is
     text_tokens: int | None = None
 
 
@@ -125,6 +133,7 @@ class ChatUsage(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    refusal: None = None  # always null (required by the spec)
 
 
 class Choice(BaseModel):

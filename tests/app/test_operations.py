@@ -163,7 +163,7 @@ def test_openapi_documents_routes_schemas_and_errors(client: TestClient) -> None
     for path in ("/v1/reason", "/v1/reason/upload", "/v1/chat/completions", "/v1/models"):
         assert path in paths
     reason = paths["/v1/reason"]["post"]
-    assert {"400", "401", "413", "429", "504"} <= set(reason["responses"])
+    assert {"400", "413", "429", "504"} <= set(reason["responses"])
     assert "text/event-stream" in reason["responses"]["200"]["content"]
     upload = paths["/v1/reason/upload"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in upload
@@ -172,8 +172,38 @@ def test_openapi_documents_routes_schemas_and_errors(client: TestClient) -> None
         schemas
     )
     assert schemas["ReasonRequest"].get("examples")
-    assert "HTTPBearer" in spec["components"]["securitySchemes"]
     assert client.get("/docs").status_code == 200
+
+
+def _operations(spec: dict) -> list[tuple[str, str, dict]]:
+    return [(p, m, op) for p, item in spec["paths"].items() for m, op in item.items()]
+
+
+def test_openapi_has_no_422_validation_errors_are_400(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    posts = [(p, op) for p, m, op in _operations(spec) if m == "post"]
+    assert len(posts) >= 3
+    for path, op in posts:
+        assert "422" not in op["responses"], path
+        assert "400" in op["responses"], path
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    r = client.post("/v1/chat/completions", json={"model": "proreason"})
+    assert r.status_code == 400  # what the spec says
+
+
+def test_openapi_declares_security_only_with_api_keys(client: TestClient, models: ModelSet) -> None:
+    open_spec = client.get("/openapi.json").json()
+    assert "securitySchemes" not in open_spec.get("components", {})
+    assert not any("security" in op for _, _, op in _operations(open_spec))
+    assert not any("401" in op["responses"] for _, _, op in _operations(open_spec))
+    app = create_app(make_settings(server={"api_keys": "k"}), models=models)
+    with TestClient(app) as keyed:
+        spec = keyed.get("/openapi.json").json()
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    secured = {p for p, _, op in _operations(spec) if op.get("security")}
+    assert {"/v1/chat/completions", "/v1/reason", "/v1/models", "/metrics"} <= secured
+    assert not {"/health", "/ready"} & secured
+    assert "401" in spec["paths"]["/v1/chat/completions"]["post"]["responses"]
 
 
 # --------------------------------------------------------------------------- body limits

@@ -13,6 +13,8 @@ gate, report unhealthy, claim JSON-schema support or not, and refuse images.
     raise_on[role] an exception every call of that role raises
     delay_s        seconds to sleep per call (a number, or per role)
     gate           when set, every call waits for it (tests hold calls in flight)
+    finish[role]   the finish_reason of that role's calls ("length": cut at max_tokens)
+    image_tokens   tokens reported per image; None: the backend cannot tell (usage has none)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 
 from models.base import ModelBackend
 from models.errors import ModelError
-from models.types import GenerationRequest, GenerationResult, Usage
+from models.types import FinishReason, GenerationRequest, GenerationResult, Usage
 from tests.fakes.roles import DEFAULT_SCRIPT, role_of
 
 Script = str | Sequence[str] | Callable[[GenerationRequest, int], str]
@@ -69,8 +71,9 @@ class FakeModel(ModelBackend):
     json_schema: bool = False
     context: int | None = None
     images_ok: bool = True
-    #: image tokens reported per image (counted into prompt_tokens)
-    image_tokens: int = 7
+    #: image tokens reported per image (counted into prompt_tokens); None: not counted
+    image_tokens: int | None = 7
+    finish: dict[str, FinishReason] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -113,14 +116,15 @@ class FakeModel(ModelBackend):
         finally:
             call.finished = time.perf_counter()
         call.done = True
-        images = self.image_tokens * len(request.images)
+        images = None if self.image_tokens is None else self.image_tokens * len(request.images)
         usage = Usage(
-            prompt_tokens=sum(self.count_tokens(m.text_content) for m in request.messages) + images,
+            prompt_tokens=sum(self.count_tokens(m.text_content) for m in request.messages)
+            + (images or 0),
             completion_tokens=self.count_tokens(text),
             image_tokens=images,
         )
-        finish = "length" if n in self.cut.get(role, set()) else "stop"
-        return GenerationResult(text=text, usage=usage, model=self.name, finish_reason=finish)
+        finish = "length" if n in self.cut.get(role, set()) else self.finish.get(role, "stop")
+        return GenerationResult(text=text, finish_reason=finish, usage=usage, model=self.name)
 
     async def health(self) -> bool:
         return self.healthy
