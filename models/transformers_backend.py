@@ -56,7 +56,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from models.base import ModelBackend
-from models.batcher import MicroBatcher
+from models.batcher import BatcherStalled, MicroBatcher
 from models.config import BackendConfig
 from models.errors import InvalidRequest, ModelLoadError, ModelUnavailable
 from models.types import (
@@ -223,6 +223,7 @@ class TransformersBackend(ModelBackend):
             key=_batch_key,
             executor=self._executor,
             name=f"batcher[{config.model}]",
+            batch_timeout_s=config.batch_timeout_s,
         )
         self.image_cache = ImageCache(config.image_cache_size)
         #: None: not yet verified; True/False: the cached path matches the processor / does not
@@ -257,7 +258,8 @@ class TransformersBackend(ModelBackend):
                 raise
 
     async def health(self) -> bool:
-        return self._lm is not None and not self._closed
+        """Loaded, open, and the worker alive (not stuck in a batch past ``batch_timeout_s``)."""
+        return self._lm is not None and not self._closed and self.batcher.healthy
 
     async def close(self) -> None:
         if self._closed:
@@ -280,7 +282,10 @@ class TransformersBackend(ModelBackend):
         await self.start()
         self._check(request)
         started = time.perf_counter()
-        result = await self.batcher.submit(request)
+        try:
+            result = await self.batcher.submit(request)
+        except BatcherStalled as exc:
+            raise ModelUnavailable(f"model {self.model!r}: {exc}") from None
         result.latency_s = time.perf_counter() - started
         return result
 
@@ -486,8 +491,10 @@ class TransformersBackend(ModelBackend):
     ) -> GenerationResult:
         try:
             return self._generate([request], streamer=streamer, stop=stop)[0]
-        except BaseException:
+        except BaseException as exc:
             streamer.end()  # wake the consumer; the error is raised by awaiting the job
+            if isinstance(exc, StopIteration | StopAsyncIteration):  # asyncio cannot carry these
+                raise RuntimeError(f"generation failed: {exc!r}") from exc
             raise
 
     def _generate(
@@ -641,6 +648,11 @@ class TransformersBackend(ModelBackend):
     ) -> dict[str, Any]:
         torch = lm.torch
         entries = [self._image_entry(lm, img) for img in images]
+        placeholders = sum(text.count(lm.image_token) for text in texts)
+        if placeholders != len(entries):
+            raise InvalidRequest(
+                f"the prompt has {placeholders} image placeholders for {len(entries)} images"
+            )
         it = iter(entries)
         expanded = []
         for text in texts:
@@ -650,8 +662,6 @@ class TransformersBackend(ModelBackend):
                 out.append(next(it).expansion)
                 out.append(piece)
             expanded.append("".join(out))
-        if next(it, None) is not None:
-            raise InvalidRequest("more images than image placeholders in the prompt")
         enc = dict(
             lm.tokenizer(expanded, padding=True, return_tensors="pt", add_special_tokens=False)
         )

@@ -362,3 +362,36 @@ async def test_close_fails_queued_callers(
     await backend.close()
     with pytest.raises(ModelUnavailable, match="closed"):
         await queued
+
+
+async def test_a_hung_worker_fails_requests_and_health_until_it_returns(
+    tiny_models: dict[str, Path],
+) -> None:
+    import threading
+
+    backend = TransformersBackend(_config(tiny_models["text"], batch_timeout_s=0.3))
+    await backend.start()
+    real, release = backend.batcher._fn, threading.Event()
+
+    def hung(requests: list[GenerationRequest]) -> Any:
+        release.wait(10)
+        return real(requests)
+
+    backend.batcher._fn = hung
+    try:
+        with pytest.raises(ModelUnavailable, match="hung"):
+            await asyncio.wait_for(backend.generate(_ask("hello")), 5)
+        assert not await backend.health()
+        with pytest.raises(ModelUnavailable):  # fast, not queued behind the hung batch
+            await asyncio.wait_for(backend.generate(_ask("again")), 1)
+        backend.batcher._fn = real
+        release.set()
+        for _ in range(100):
+            if await backend.health():
+                break
+            await asyncio.sleep(0.02)
+        assert await backend.health()
+        assert (await asyncio.wait_for(backend.generate(_ask("back")), 10)).text is not None
+    finally:
+        release.set()
+        await backend.close()
