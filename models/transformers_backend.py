@@ -59,6 +59,7 @@ from models.base import ModelBackend
 from models.batcher import BatcherStalled, MicroBatcher
 from models.config import BackendConfig
 from models.errors import InvalidRequest, ModelLoadError, ModelUnavailable
+from models.special_tokens import SpecialTokenGuard
 from models.types import (
     FinishReason,
     GenerationRequest,
@@ -150,6 +151,8 @@ class _Loaded:
     #: a private copy for ``count_tokens`` on the event loop: a fast tokenizer used from two
     #: threads at once while one changes its padding fails with "Already borrowed"
     count_tokenizer: Any
+    #: breaks the model's special tokens in message text (they are never control tokens there)
+    guard: SpecialTokenGuard
 
     @property
     def is_vision(self) -> bool:
@@ -459,6 +462,7 @@ class TransformersBackend(ModelBackend):
             image_token=image_token,
             image_token_id=image_token_id,
             count_tokenizer=copy.deepcopy(tokenizer),
+            guard=SpecialTokenGuard.for_tokenizer(tokenizer, processor),
         )
 
     def _device(self, torch: Any) -> Any:
@@ -586,6 +590,7 @@ class TransformersBackend(ModelBackend):
     # ------------------------------------------------------------------ prompts (worker thread)
 
     def _render(self, lm: _Loaded, messages: tuple[Message, ...]) -> str:
+        messages = lm.guard.messages(messages)  # user text never carries control tokens
         if lm.processor is not None:
             conversation = [
                 {"role": m.role, "content": [_part_dict(p) for p in m.content]} for m in messages
