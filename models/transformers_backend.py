@@ -75,6 +75,8 @@ from models.types import (
 logger = logging.getLogger(__name__)
 
 _HF_EXTRA = "pip install 'proreason[hf]'"
+#: temperatures below this are greedy (vLLM's ``_SAMPLING_EPS``)
+_SAMPLING_EPS = 1e-5
 #: processor output keys that belong to the text, not to an image
 _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"})
 
@@ -548,8 +550,9 @@ class TransformersBackend(ModelBackend):
         if s.min_tokens:
             kwargs["min_new_tokens"] = s.min_tokens
         if s.temperature is not None:
-            kwargs["do_sample"] = s.temperature > 0
-            if s.temperature > 0:
+            # below vLLM's _SAMPLING_EPS, logits / temperature overflow to inf/nan: greedy
+            kwargs["do_sample"] = s.temperature >= _SAMPLING_EPS
+            if kwargs["do_sample"]:
                 kwargs["temperature"] = s.temperature
         sampling = kwargs.get("do_sample", bool(lm.model.generation_config.do_sample))
         if sampling and s.top_p is not None:

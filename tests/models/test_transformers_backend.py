@@ -448,3 +448,14 @@ async def test_guard_derives_the_tokens_from_the_tokenizer(tiny_models: dict[str
     special = {processor.tokenizer.convert_tokens_to_ids(t) for t in tokens}
     ids = processor.tokenizer.encode(guard.text(" ".join(tokens)), add_special_tokens=False)
     assert not special.intersection(ids)
+
+
+@pytest.mark.parametrize("temperature", [1e-39, 1e-45, 1e-6])
+async def test_a_vanishing_temperature_is_greedy(
+    text: TransformersBackend, temperature: float
+) -> None:
+    """Sampling at 1e-39 used to divide the logits into inf/nan (a 500)."""
+    tiny = SamplingParams(max_tokens=6, min_tokens=6, temperature=temperature)
+    request = GenerationRequest(messages=(Message.user("hello"),), sampling=tiny)
+    greedy = await text.generate(_ask("hello", max_tokens=6))
+    assert (await text.generate(request)).text == greedy.text
