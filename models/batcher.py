@@ -16,8 +16,14 @@ Rules, kept simple on purpose:
 - **One at a time.** The dispatcher runs one batch at a time, in the given executor (or a thread via
   ``asyncio.to_thread``): the event loop never blocks and a model never runs two batches at once.
 - **Results.** ``fn`` returns one result per item, in order; an element that is an exception
-  instance is raised to that caller only. If ``fn`` raises, every caller of that batch gets the
-  exception.
+  instance is raised to that caller only. If ``fn`` raises for a batch of several items, every item
+  is retried alone, so one bad item fails only its own caller, never its neighbours. Any exception
+  (even ``StopIteration``, which asyncio cannot put into a future, or a ``BaseException``) becomes
+  an error of that batch: the dispatcher lives on.
+- **Watchdog.** With ``batch_timeout_s``, a batch function still running after that long marks the
+  batcher *stalled*: its callers and every queued caller fail with ``BatcherStalled``, new
+  ``submit`` calls fail at once, and ``healthy`` is False until the worker returns (a thread cannot
+  be killed; when it comes back, its results are discarded and batching resumes).
 - **Cancellation.** A caller cancelled while queued is dropped before its batch is formed. A caller
   cancelled while its batch runs just stops waiting; the batch (already in a thread) completes and
   its result is discarded.
@@ -35,7 +41,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +51,10 @@ R = TypeVar("R")
 
 class BatcherClosed(RuntimeError):
     """Raised to callers of a closed batcher (unless ``close`` was given another error)."""
+
+
+class BatcherStalled(RuntimeError):
+    """Raised to callers while the worker is hung (a batch outlived ``batch_timeout_s``)."""
 
 
 @dataclass
@@ -57,6 +67,10 @@ class BatcherStats:
     cancelled: int = 0
     #: batches whose function raised
     failed_batches: int = 0
+    #: items of a failed batch run again alone
+    retried_items: int = 0
+    #: batches that outlived ``batch_timeout_s`` (the worker was hung)
+    stalls: int = 0
     #: size of every batch run, in order (bounded to the last 1,000)
     batch_sizes: list[int] = field(default_factory=list)
 
@@ -85,11 +99,18 @@ class MicroBatcher(Generic[T, R]):
         key: Callable[[T], Hashable] | None = None,
         executor: Executor | None = None,
         name: str = "batcher",
+        batch_timeout_s: float | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         if max_wait_ms < 0:
             raise ValueError("max_wait_ms must be >= 0")
+        if batch_timeout_s is not None and batch_timeout_s <= 0:
+            raise ValueError("batch_timeout_s must be > 0")
+        self.batch_timeout_s = batch_timeout_s
+        self._stalled: BatcherStalled | None = None
+        #: monotonic time the running batch function started in the worker (None: idle)
+        self._worker_started: float | None = None
         self._fn = fn
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
@@ -109,10 +130,27 @@ class MicroBatcher(Generic[T, R]):
         """Callers waiting for a batch (not counting the running one)."""
         return sum(1 for p in self._pending if not p.future.done())
 
+    @property
+    def healthy(self) -> bool:
+        """False once closed, while the worker is stalled, or if the dispatcher died."""
+        if self._closed is not None or self._stalled is not None:
+            return False
+        started = self._worker_started
+        if (
+            started is not None
+            and self.batch_timeout_s is not None
+            and time.monotonic() - started > self.batch_timeout_s
+        ):
+            return False
+        task = self._task
+        return task is None or not task.done()
+
     async def submit(self, item: T) -> R:
         """Queue ``item``; return its result (or raise its exception) once its batch has run."""
         if self._closed is not None:
             raise self._closed
+        if self._stalled is not None:
+            raise self._stalled
         loop = asyncio.get_running_loop()
         wakeup = self._ensure_dispatcher(loop)
         future: asyncio.Future[R] = loop.create_future()
@@ -170,50 +208,128 @@ class MicroBatcher(Generic[T, R]):
 
     async def _dispatch(self, wakeup: asyncio.Event) -> None:
         while True:
-            batch, wait_left = self._next_batch()
-            if not batch:
-                wakeup.clear()
-                if wait_left == float("inf"):
-                    await wakeup.wait()
-                else:
-                    try:
-                        await asyncio.wait_for(wakeup.wait(), wait_left)
-                    except asyncio.TimeoutError:
-                        pass
-                continue
-            await self._run(batch)
+            try:
+                await self._dispatch_once(wakeup)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug here must not leave callers waiting forever
+                logger.exception("%s: dispatcher error", self.name)
+                for pending in (*self._running, *self._pending):
+                    if not pending.future.done():
+                        pending.future.set_exception(
+                            RuntimeError(f"{self.name}: internal batching error: {exc!r}")
+                        )
+                self._pending.clear()
+                self._running = []
+
+    async def _dispatch_once(self, wakeup: asyncio.Event) -> None:
+        batch, wait_left = self._next_batch()
+        if not batch:
+            wakeup.clear()
+            if wait_left == float("inf"):
+                await wakeup.wait()
+            else:
+                try:
+                    await asyncio.wait_for(wakeup.wait(), wait_left)
+                except asyncio.TimeoutError:
+                    pass
+            return
+        await self._run(batch)
 
     async def _run(self, batch: list[_Pending[T, R]]) -> None:
         self._running = batch
-        items = [p.item for p in batch]
         self.stats.batches += 1
-        self.stats.items += len(items)
-        self.stats.batch_sizes.append(len(items))
+        self.stats.items += len(batch)
+        self.stats.batch_sizes.append(len(batch))
         del self.stats.batch_sizes[:-1000]
         try:
-            if self._executor is not None:
-                loop = asyncio.get_running_loop()
-                results = await loop.run_in_executor(self._executor, self._fn, items)
-            else:
-                results = await asyncio.to_thread(self._fn, items)
-            if len(results) != len(items):
-                raise RuntimeError(
-                    f"{self.name}: batch function returned {len(results)} results "
-                    f"for {len(items)} items"
-                )
-        except Exception as exc:  # the batch failed: every caller of it gets the error
-            self.stats.failed_batches += 1
-            logger.debug("%s: batch of %d failed: %r", self.name, len(items), exc)
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
-            return
+            outcome = await self._attempt(batch)
+            if isinstance(outcome, BaseException):
+                self.stats.failed_batches += 1
+                logger.debug("%s: batch of %d failed: %r", self.name, len(batch), outcome)
+                if len(batch) > 1:  # find the culprit(s): each item alone
+                    for pending in batch:
+                        if pending.future.done():
+                            continue
+                        self.stats.retried_items += 1
+                        self._running = [pending]
+                        self._resolve([pending], await self._attempt([pending]))
+                    return
+            self._resolve(batch, outcome)
         finally:
             self._running = []
-        for pending, result in zip(batch, results, strict=True):
+
+    def _resolve(
+        self, batch: list[_Pending[T, R]], outcome: Sequence[R | BaseException] | BaseException
+    ) -> None:
+        if isinstance(outcome, BaseException):
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(outcome)
+            return
+        for pending, result in zip(batch, outcome, strict=True):
             if pending.future.done():  # cancelled while running, or failed by close()
                 continue
             if isinstance(result, BaseException):
                 pending.future.set_exception(result)
             else:
                 pending.future.set_result(result)
+
+    def _call(self, items: list[T]) -> Sequence[R | BaseException]:
+        """The batch function, in the worker thread; every exception becomes a plain one."""
+        self._worker_started = time.monotonic()
+        try:
+            return self._fn(items)
+        except Exception as exc:
+            if isinstance(exc, StopIteration | StopAsyncIteration):  # asyncio rejects these
+                raise RuntimeError(f"{self.name}: batch function raised {exc!r}") from exc
+            raise
+        except BaseException as exc:  # SystemExit & co. in a worker thread: an error of this batch
+            raise RuntimeError(f"{self.name}: batch function raised {exc!r}") from exc
+        finally:
+            self._worker_started = None
+
+    async def _attempt(
+        self, batch: list[_Pending[T, R]]
+    ) -> Sequence[R | BaseException] | BaseException:
+        """Run ``fn`` on ``batch``: its results, or the exception that failed the whole batch."""
+        items = [p.item for p in batch]
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self._executor, self._call, items)
+        try:
+            if self.batch_timeout_s is None:
+                results = await job
+            else:
+                done, _ = await asyncio.wait({job}, timeout=self.batch_timeout_s)
+                results = job.result() if done else await self._stall(job)
+            if len(results) != len(items):
+                raise RuntimeError(
+                    f"{self.name}: batch function returned {len(results)} results "
+                    f"for {len(items)} items"
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return exc
+        return results
+
+    async def _stall(self, job: asyncio.Future[Sequence[R | BaseException]]) -> Any:
+        """The worker outlived ``batch_timeout_s``: fail everyone waiting, wait for it to return."""
+        self.stats.stalls += 1
+        self._stalled = BatcherStalled(
+            f"{self.name}: the model worker is hung (one batch has run for more than "
+            f"{self.batch_timeout_s:g} s); try again later"
+        )
+        logger.error("%s", self._stalled)
+        for pending in (*self._running, *self._pending):
+            if not pending.future.done():
+                pending.future.set_exception(self._stalled)
+        self._pending.clear()
+        try:
+            await job
+        except Exception:
+            pass
+        finally:
+            self._stalled = None
+            logger.warning("%s: the worker returned after a stall; serving again", self.name)
+        raise BatcherStalled(f"{self.name}: the batch outlived batch_timeout_s")

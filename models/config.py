@@ -55,6 +55,9 @@ class BackendConfig(BaseModel):
     image_cache_size: int = Field(64, ge=0)
     #: let transformers download from the hub; False: local files / cache only
     allow_download: bool = True
+    #: watchdog: a batch still running after this long means a hung worker: its callers (and
+    #: the queue) fail with model_unavailable and health() is False until the worker returns
+    batch_timeout_s: float = Field(600.0, gt=0)
 
     # --- vllm (in-process AsyncLLM) ---
     engine_args: dict[str, object] = Field(default_factory=dict)

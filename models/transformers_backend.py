@@ -56,9 +56,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from models.base import ModelBackend
-from models.batcher import MicroBatcher
+from models.batcher import BatcherStalled, MicroBatcher
 from models.config import BackendConfig
 from models.errors import InvalidRequest, ModelLoadError, ModelUnavailable
+from models.special_tokens import SpecialTokenGuard
 from models.types import (
     FinishReason,
     GenerationRequest,
@@ -74,6 +75,8 @@ from models.types import (
 logger = logging.getLogger(__name__)
 
 _HF_EXTRA = "pip install 'proreason[hf]'"
+#: temperatures below this are greedy (vLLM's ``_SAMPLING_EPS``)
+_SAMPLING_EPS = 1e-5
 #: processor output keys that belong to the text, not to an image
 _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"})
 
@@ -150,6 +153,8 @@ class _Loaded:
     #: a private copy for ``count_tokens`` on the event loop: a fast tokenizer used from two
     #: threads at once while one changes its padding fails with "Already borrowed"
     count_tokenizer: Any
+    #: breaks the model's special tokens in message text (they are never control tokens there)
+    guard: SpecialTokenGuard
 
     @property
     def is_vision(self) -> bool:
@@ -223,6 +228,7 @@ class TransformersBackend(ModelBackend):
             key=_batch_key,
             executor=self._executor,
             name=f"batcher[{config.model}]",
+            batch_timeout_s=config.batch_timeout_s,
         )
         self.image_cache = ImageCache(config.image_cache_size)
         #: None: not yet verified; True/False: the cached path matches the processor / does not
@@ -257,7 +263,8 @@ class TransformersBackend(ModelBackend):
                 raise
 
     async def health(self) -> bool:
-        return self._lm is not None and not self._closed
+        """Loaded, open, and the worker alive (not stuck in a batch past ``batch_timeout_s``)."""
+        return self._lm is not None and not self._closed and self.batcher.healthy
 
     async def close(self) -> None:
         if self._closed:
@@ -280,7 +287,10 @@ class TransformersBackend(ModelBackend):
         await self.start()
         self._check(request)
         started = time.perf_counter()
-        result = await self.batcher.submit(request)
+        try:
+            result = await self.batcher.submit(request)
+        except BatcherStalled as exc:
+            raise ModelUnavailable(f"model {self.model!r}: {exc}") from None
         result.latency_s = time.perf_counter() - started
         return result
 
@@ -454,6 +464,7 @@ class TransformersBackend(ModelBackend):
             image_token=image_token,
             image_token_id=image_token_id,
             count_tokenizer=copy.deepcopy(tokenizer),
+            guard=SpecialTokenGuard.for_tokenizer(tokenizer, processor),
         )
 
     def _device(self, torch: Any) -> Any:
@@ -486,8 +497,10 @@ class TransformersBackend(ModelBackend):
     ) -> GenerationResult:
         try:
             return self._generate([request], streamer=streamer, stop=stop)[0]
-        except BaseException:
+        except BaseException as exc:
             streamer.end()  # wake the consumer; the error is raised by awaiting the job
+            if isinstance(exc, StopIteration | StopAsyncIteration):  # asyncio cannot carry these
+                raise RuntimeError(f"generation failed: {exc!r}") from exc
             raise
 
     def _generate(
@@ -537,8 +550,9 @@ class TransformersBackend(ModelBackend):
         if s.min_tokens:
             kwargs["min_new_tokens"] = s.min_tokens
         if s.temperature is not None:
-            kwargs["do_sample"] = s.temperature > 0
-            if s.temperature > 0:
+            # below vLLM's _SAMPLING_EPS, logits / temperature overflow to inf/nan: greedy
+            kwargs["do_sample"] = s.temperature >= _SAMPLING_EPS
+            if kwargs["do_sample"]:
                 kwargs["temperature"] = s.temperature
         sampling = kwargs.get("do_sample", bool(lm.model.generation_config.do_sample))
         if sampling and s.top_p is not None:
@@ -579,6 +593,7 @@ class TransformersBackend(ModelBackend):
     # ------------------------------------------------------------------ prompts (worker thread)
 
     def _render(self, lm: _Loaded, messages: tuple[Message, ...]) -> str:
+        messages = lm.guard.messages(messages)  # user text never carries control tokens
         if lm.processor is not None:
             conversation = [
                 {"role": m.role, "content": [_part_dict(p) for p in m.content]} for m in messages
@@ -641,6 +656,11 @@ class TransformersBackend(ModelBackend):
     ) -> dict[str, Any]:
         torch = lm.torch
         entries = [self._image_entry(lm, img) for img in images]
+        placeholders = sum(text.count(lm.image_token) for text in texts)
+        if placeholders != len(entries):
+            raise InvalidRequest(
+                f"the prompt has {placeholders} image placeholders for {len(entries)} images"
+            )
         it = iter(entries)
         expanded = []
         for text in texts:
@@ -650,8 +670,6 @@ class TransformersBackend(ModelBackend):
                 out.append(next(it).expansion)
                 out.append(piece)
             expanded.append("".join(out))
-        if next(it, None) is not None:
-            raise InvalidRequest("more images than image placeholders in the prompt")
         enc = dict(
             lm.tokenizer(expanded, padding=True, return_tensors="pt", add_special_tokens=False)
         )

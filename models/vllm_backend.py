@@ -13,6 +13,8 @@
   input is deprecated in 0.33 and tokenized with ``add_special_tokens=True`` (a double BOS).
   The image's sha256 is its media id (``multi_modal_uuids``): vLLM skips re-processing an image
   it has seen, which every perception round of a question repeats.
+  The renderer tokenizes the rendered prompt with added tokens parsed, so the model's special /
+  control tokens in message text are broken first (``models.special_tokens``).
   Engines without a renderer (older vLLM) get the legacy ``ChatTemplatePrompt`` (template text +
   ``multi_modal_data`` + ``multi_modal_uuids``).
 - ``GenerationRequest.session_id`` (one per question) is passed as ``generate(session_id=...)``
@@ -61,6 +63,7 @@ from models.errors import (
     ProReasonError,
     is_context_length_error,
 )
+from models.special_tokens import SpecialTokenGuard
 from models.types import (
     FinishReason,
     GenerationRequest,
@@ -180,6 +183,9 @@ class RendererPrompt:
         self.renderer = renderer
         self.chat_params = chat_params
         self.tok_params = tok_params
+        # the renderer tokenizes the rendered text with added tokens parsed: user text must not
+        # carry the model's control tokens (``<|im_start|>``, ``<|image_pad|>`` ...)
+        self.guard = _guard_for(getattr(renderer, "tokenizer", None))
 
     @classmethod
     def for_engine(cls, engine: Any, api: VLLMApi) -> RendererPrompt | None:
@@ -203,7 +209,7 @@ class RendererPrompt:
         return cls(renderer, chat_params, tok_params)
 
     async def __call__(self, request: GenerationRequest) -> Any:
-        conversation = [vllm_chat_message(m) for m in request.messages]
+        conversation = [vllm_chat_message(m) for m in self.guard.messages(request.messages)]
         _, engine_inputs = await self.renderer.render_chat_async(
             [conversation], self.chat_params, self.tok_params
         )
@@ -236,9 +242,11 @@ class ChatTemplatePrompt:
 
     def __init__(self, template_owner: Any) -> None:
         self.template_owner = template_owner
+        tokenizer = getattr(template_owner, "tokenizer", None) or template_owner
+        self.guard = _guard_for(tokenizer, template_owner)
 
     def __call__(self, request: GenerationRequest) -> dict[str, Any]:
-        messages = [hf_chat_message(m) for m in request.messages]
+        messages = [hf_chat_message(m) for m in self.guard.messages(request.messages)]
         text = self.template_owner.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
@@ -250,6 +258,17 @@ class ChatTemplatePrompt:
             prompt["multi_modal_data"] = {"image": [img.image for img in images]}
             prompt["multi_modal_uuids"] = {"image": [img.sha256 for img in images]}
         return prompt
+
+
+def _guard_for(tokenizer: Any, processor: Any | None = None) -> SpecialTokenGuard:
+    """The special-token guard for ``tokenizer``; an empty one if it cannot tell its tokens."""
+    if tokenizer is None:
+        return SpecialTokenGuard(())
+    try:
+        return SpecialTokenGuard.for_tokenizer(tokenizer, processor)
+    except Exception as exc:  # an exotic tokenizer (Mistral's) must not stop the backend
+        log.warning("no special-token guard for %r: %r", tokenizer, exc)
+        return SpecialTokenGuard(())
 
 
 async def _maybe_await(value: Any) -> Any:

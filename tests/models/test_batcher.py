@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from models.batcher import BatcherClosed, MicroBatcher
+from models.batcher import BatcherClosed, BatcherStalled, MicroBatcher
 
 
 class Recorder:
@@ -128,7 +128,7 @@ async def test_per_item_exceptions_reach_only_their_caller() -> None:
     await batcher.close()
 
 
-async def test_a_failing_batch_fails_its_callers_and_the_next_batch_still_runs() -> None:
+async def test_a_failing_batch_fails_only_the_bad_item_and_the_next_batch_still_runs() -> None:
     calls: list[list[str]] = []
 
     def fn(items: list[str]) -> list[str]:
@@ -141,17 +141,99 @@ async def test_a_failing_batch_fails_its_callers_and_the_next_batch_still_runs()
     results = await asyncio.gather(
         batcher.submit("a"), batcher.submit("boom"), batcher.submit("c"), return_exceptions=True
     )
-    assert [type(r) for r in results[:2]] == [RuntimeError, RuntimeError]
+    # the failed batch [a, boom] is retried item by item: only "boom" fails
+    assert results[0] == "A"
+    assert isinstance(results[1], RuntimeError) and "exploded" in str(results[1])
     assert results[2] == "C"
-    assert batcher.stats.failed_batches == 1
+    assert calls == [["a", "boom"], ["a"], ["boom"], ["c"]]
+    assert batcher.stats.failed_batches == 1 and batcher.stats.retried_items == 2
     assert await batcher.submit("d") == "D"
+    assert batcher.healthy
+    await batcher.close()
+
+
+@pytest.mark.parametrize(
+    "error", [StopIteration(), StopAsyncIteration(), SystemExit(3), KeyboardInterrupt()]
+)
+async def test_any_exception_of_the_batch_function_fails_the_batch_not_the_batcher(
+    error: BaseException,
+) -> None:
+    """StopIteration cannot be set on an asyncio future: it used to leave the caller (and every
+    later caller) waiting forever; BaseExceptions used to kill the dispatcher."""
+
+    def fn(items: list[int]) -> list[int]:
+        if 0 in items:
+            raise error
+        return [i * 2 for i in items]
+
+    batcher = MicroBatcher(fn, max_batch_size=4, max_wait_ms=20)
+    results = await asyncio.wait_for(
+        asyncio.gather(batcher.submit(0), batcher.submit(1), return_exceptions=True), 5
+    )
+    assert isinstance(results[0], RuntimeError) and type(error).__name__ in str(results[0])
+    assert results[1] == 2
+    assert await asyncio.wait_for(batcher.submit(2), 5) == 4
+    assert batcher.healthy
+    await batcher.close()
+
+
+async def test_a_dispatcher_bug_fails_the_waiting_callers_and_batching_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batcher = MicroBatcher(Recorder(), max_batch_size=4, max_wait_ms=10)
+    real = batcher._next_batch
+    state = {"broken": True}
+
+    def flaky() -> tuple[list, float]:
+        if state["broken"] and batcher._pending:
+            state["broken"] = False
+            raise KeyError("bug")
+        return real()
+
+    monkeypatch.setattr(batcher, "_next_batch", flaky)
+    with pytest.raises(RuntimeError, match="internal batching error"):
+        await asyncio.wait_for(batcher.submit(1), 5)
+    assert await asyncio.wait_for(batcher.submit(2), 5) == 4
+    assert batcher.healthy
+    await batcher.close()
+
+
+async def test_a_hung_worker_fails_its_callers_and_the_queue_and_reports_unhealthy() -> None:
+    release = threading.Event()
+
+    def fn(items: list[int]) -> list[int]:
+        if 0 in items:
+            release.wait(10)  # hung until released
+        return [i * 2 for i in items]
+
+    batcher = MicroBatcher(fn, max_batch_size=1, max_wait_ms=0, batch_timeout_s=0.2)
+    hung = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.05)
+    queued = asyncio.ensure_future(batcher.submit(1))
+    started = time.monotonic()
+    for task in (hung, queued):
+        with pytest.raises(BatcherStalled, match="hung"):
+            await asyncio.wait_for(task, 5)
+    assert time.monotonic() - started < 2
+    assert not batcher.healthy
+    with pytest.raises(BatcherStalled):  # fails fast while the worker is stuck
+        await batcher.submit(2)
+    release.set()  # the worker comes back: batching resumes
+    for _ in range(100):
+        if batcher.healthy:
+            break
+        await asyncio.sleep(0.02)
+    assert batcher.healthy
+    assert await asyncio.wait_for(batcher.submit(3), 5) == 6
+    assert batcher.stats.stalls == 1
     await batcher.close()
 
 
 async def test_wrong_number_of_results_is_an_error_for_the_batch() -> None:
-    batcher = MicroBatcher(lambda items: [1], max_batch_size=2, max_wait_ms=20)
+    batcher = MicroBatcher(lambda items: [], max_batch_size=2, max_wait_ms=20)
     results = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
-    assert all(isinstance(r, RuntimeError) and "2 items" in str(r) for r in results)
+    # the batch fails, then each item alone fails the same way
+    assert all(isinstance(r, RuntimeError) and "0 results for 1 items" in str(r) for r in results)
     await batcher.close()
 
 
@@ -216,3 +298,5 @@ def test_invalid_settings_are_rejected() -> None:
         MicroBatcher(lambda items: items, max_batch_size=0)
     with pytest.raises(ValueError):
         MicroBatcher(lambda items: items, max_wait_ms=-1)
+    with pytest.raises(ValueError):
+        MicroBatcher(lambda items: items, batch_timeout_s=0)
