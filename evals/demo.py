@@ -67,7 +67,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DEMO_DIR = Path("~/.cache/proreason/demo")
 MARKER = "proreason-demo.json"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 3
 TEXT_ROLES = ("dispatcher", "insight", "referee", "summarizer")
 
 
@@ -86,13 +86,13 @@ class DemoSpec:
     # --- LVLM
     image_size: int = 64
     patch_size: int = 8
-    vision_hidden: int = 96
-    vision_layers: int = 3
+    vision_hidden: int = 64
+    vision_layers: int = 2
     vision_heads: int = 4
     vision_text_hidden: int = 128
     vision_text_layers: int = 2
-    vision_steps: int = 3000
-    vision_batch: int = 48
+    vision_steps: int = 1000
+    vision_batch: int = 32
     vision_lr: float = 5e-4
     aux_weight: float = 1.0
     #: phase 1: the vision tower + projector alone, as a shape/colour classifier (fast)
@@ -100,11 +100,13 @@ class DemoSpec:
     pretrain_batch: int = 128
     pretrain_lr: float = 2e-3
     yes_no_weight: float = 2.0
+    #: loss weight of the answer words (shapes, colours, yes/no) inside replies
+    content_token_weight: float = 6.0
     # --- text LM
     text_hidden: int = 128
     text_layers: int = 3
     text_heads: int = 4
-    text_steps: int = 2500
+    text_steps: int = 1500
     text_batch: int = 24
     text_lr: float = 1e-3
     # --- both
@@ -426,6 +428,17 @@ def _record_weight(spec: DemoSpec):
     return weight
 
 
+def _content_tokens(tokenizer: Any, spec: DemoSpec) -> dict[int, float]:
+    """Token ids of the answer words (one token each with the demo tokenizers) -> loss weight."""
+    out = {}
+    for word in (*SHAPES, *COLOURS, "yes", "no"):
+        for form in (word, " " + word, word.capitalize(), " " + word.capitalize()):
+            ids = tokenizer(form, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1:
+                out[ids[0]] = spec.content_token_weight
+    return out
+
+
 def _dihedral(torch: Any):
     """Per-image random flip / quarter turn (shape and colour do not change)."""
 
@@ -440,6 +453,13 @@ def _dihedral(torch: Any):
     return augment
 
 
+def _remaining(spec: DemoSpec, started: float) -> float | None:
+    """The job's time budget (``max_seconds`` covers loading and pre-training too)."""
+    if spec.max_seconds is None:
+        return None
+    return max(1.0, spec.max_seconds - (time.perf_counter() - started))
+
+
 def train_text_model(folder: str, records_path: str, run_dir: str, spec_dict: dict) -> dict:
     """Train the text LM in ``folder`` on ``records_path`` (a training job; own process)."""
     import torch
@@ -447,15 +467,16 @@ def train_text_model(folder: str, records_path: str, run_dir: str, spec_dict: di
 
     from models.training import TrainConfig, encode_records, train
 
+    started = time.perf_counter()
     spec = DemoSpec(**spec_dict)
     torch.set_num_threads(spec.threads_per_model)
     tokenizer = AutoTokenizer.from_pretrained(folder)  # as the backend loads it
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     records = read_records(Path(records_path))
-    examples = encode_records(records, tokenizer)
+    examples = encode_records(records, tokenizer, token_weights=_content_tokens(tokenizer, spec))
     cfg = TrainConfig(
         steps=spec.text_steps, batch_size=spec.text_batch, lr=spec.text_lr,
-        warmup_steps=spec.warmup_steps, seed=spec.seed, max_seconds=spec.max_seconds,
+        warmup_steps=spec.warmup_steps, seed=spec.seed, max_seconds=_remaining(spec, started),
         threads=spec.threads_per_model, checkpoint_every=500,
     )  # fmt: skip
     model, summary = train(
@@ -474,6 +495,7 @@ def train_vision_model(folder: str, records_path: str, run_dir: str, spec_dict: 
     from evals.oracle import image_facts as facts_of
     from models.training import TrainConfig, encode_records, image_expansion_of, train
 
+    started = time.perf_counter()
     spec = DemoSpec(**spec_dict)
     torch.set_num_threads(spec.threads_per_model)
     processor = AutoProcessor.from_pretrained(folder)  # as the backend loads it
@@ -497,7 +519,7 @@ def train_vision_model(folder: str, records_path: str, run_dir: str, spec_dict: 
         )
     examples = encode_records(
         records, processor.tokenizer, processor=processor, image_expansion=expansion,
-        weight=_record_weight(spec),
+        weight=_record_weight(spec), token_weights=_content_tokens(processor.tokenizer, spec),
     )  # fmt: skip
     hidden = model.config.text_config.hidden_size
     aux = torch.nn.ModuleDict(
@@ -520,7 +542,7 @@ def train_vision_model(folder: str, records_path: str, run_dir: str, spec_dict: 
     _pretrain_vision(torch, model, aux, pixels, labels, spec, Path(run_dir))
     cfg = TrainConfig(
         steps=spec.vision_steps, batch_size=spec.vision_batch, lr=spec.vision_lr,
-        warmup_steps=spec.warmup_steps, seed=spec.seed, max_seconds=spec.max_seconds,
+        warmup_steps=spec.warmup_steps, seed=spec.seed, max_seconds=_remaining(spec, started),
         threads=spec.threads_per_model, checkpoint_every=500,
     )  # fmt: skip
     model, summary = train(

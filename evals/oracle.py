@@ -279,8 +279,8 @@ class OracleBackend(ModelBackend):
             link = f"{_article(known)} {'is' if same else 'is not'} {_article(asked)}"
             found = _article(asked) if same else f"no {asked}"
         thought = f"{fact}, and {link}, so there is {found}."
-        if parsed.negated:
-            thought += " The question is negated."
+        # always state the polarity (one distinct word), so the yes/no is read off tokens
+        thought += f" The question is {'negated' if parsed.negated else 'direct'}."
         answer = "yes" if same != parsed.negated else "no"
         return thought, answer, f"there is {found}"
 
@@ -306,7 +306,7 @@ class OracleBackend(ModelBackend):
                 "thought": f"{vision_statement(attribute, value)[:-1]}, so the insight expert "
                 "can work out the answer.",
                 "expert": "insight",
-                "question": f"Answer yes or no from the notes: {self.question}",
+                "question": f"From the notes, decide: {self.question}",
             }
         )
 

@@ -72,6 +72,8 @@ class Example:
     image: str | None = None  # key into the pixel-values table
     weight: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: per reply token loss weights (None: all 1), e.g. to stress the tokens that carry content
+    token_weights: list[float] | None = None
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -115,9 +117,14 @@ def encode_records(
     image_expansion: str | None = None,
     weight: Callable[[dict[str, Any]], float] | None = None,
     extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    token_weights: dict[int, float] | None = None,
 ) -> list[Example]:
     """Records -> Examples. LVLM records need ``processor`` and ``image_expansion`` (the text one
-    image placeholder becomes, e.g. from :func:`image_expansion_of`); one image per record."""
+    image placeholder becomes, e.g. from :func:`image_expansion_of`); one image per record.
+
+    ``weight(record)`` weights a whole record; ``token_weights`` maps token ids to a loss weight
+    inside replies (the rest weigh 1): a few content words copied from the notes are otherwise
+    drowned by the format tokens around them."""
     vision = processor is not None
     renderer = processor if vision else tokenizer
     eos = tokenizer.eos_token_id
@@ -143,6 +150,7 @@ def encode_records(
                 image=image_key(images[0]) if images else None,
                 weight=weight(record) if weight else 1.0,
                 extra=extra(record) if extra else {},
+                token_weights=[token_weights.get(t, 1.0) for t in reply] if token_weights else None,
             )
         )
     return examples
@@ -209,16 +217,16 @@ class _Batches:
 def collate(
     torch: Any, batch: Sequence[Example], pad_id: int, pixels: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """Right-padded ids, attention mask, reply mask, weights, stacked pixel values."""
+    """Right-padded ids, attention mask, reply mask (token weights), weights, pixel values."""
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(batch), width), dtype=torch.long)
-    reply = torch.zeros((len(batch), width), dtype=torch.bool)
+    reply = torch.zeros((len(batch), width), dtype=torch.float32)
     for i, e in enumerate(batch):
         n = len(e.input_ids)
         ids[i, :n] = torch.tensor(e.input_ids)
         attn[i, :n] = 1
-        reply[i, e.reply_start : n] = True
+        reply[i, e.reply_start : n] = torch.tensor(e.token_weights) if e.token_weights else 1.0
     out: dict[str, Any] = {
         "input_ids": ids,
         "attention_mask": attn,
@@ -232,13 +240,14 @@ def collate(
 
 
 def reply_loss(torch: Any, logits: Any, batch: dict[str, Any]) -> Any:
-    """Mean over records (weighted) of the mean cross-entropy over each record's reply tokens.
+    """Mean over records (weighted) of the token-weighted mean cross-entropy over each record's
+    reply tokens.
 
     ``logits`` may cover only the last positions of the sequence (``logits_to_keep``).
     """
     keep = logits.shape[1]
     targets = batch["input_ids"][:, -keep + 1 :]
-    mask = batch["reply_mask"][:, -keep + 1 :].float()
+    mask = batch["reply_mask"][:, -keep + 1 :]
     logp = torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
         reduction="none",

@@ -282,3 +282,22 @@ def test_training_renders_prompts_like_the_backend(demo_build: dict) -> None:
     )
     ids = processor(text=[rendered], images=[image.image], add_special_tokens=False)["input_ids"]
     assert example.input_ids[: example.reply_start] == list(ids[0])
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # peft uses a deprecated transformers alias
+def test_lora_training_merges_into_a_plain_model(demo_build: dict, tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from models.training import LoraSettings, TrainConfig, encode_records, train
+
+    folder = demo_build["folders"]["text"]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    records = read_records(demo_build["root"] / "text.jsonl")
+    examples = encode_records(records, tokenizer)
+    cfg = TrainConfig(steps=2, batch_size=2, warmup_steps=1, lora=LoraSettings(r=2), progress=False)
+    merged, summary = train(model, examples, cfg, tmp_path, pad_id=tokenizer.pad_token_id)
+    assert summary["steps"] == 2
+    assert type(merged).__name__ == "Qwen2ForCausalLM"
+    assert not any("lora" in name for name in merged.state_dict())
