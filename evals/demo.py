@@ -1,0 +1,875 @@
+"""The demo models: a tiny LVLM and a tiny text LM, trained offline on CPU, that make the real
+ProReason loop reason to correct, ``solved`` answers on easy-VQA.
+
+:func:`build_demo` (``python -m evals.demo build [DIR]``) does everything in one go:
+
+1. **data** (:func:`make_demo_records`): trajectories of the REAL ``agents.Reasoner`` loop on the
+   easy-VQA TRAIN split with :class:`evals.oracle.OracleBackend` playing every role, recorded by
+   ``evals.trajectories`` (so the records hold exactly the current prompts); the text records
+   (dispatcher, insight, referee, summarizer) train the text LM. The LVLM learns from the vision
+   expert's records of those runs, from perception drills on every train image (shape, colour and
+   presence sub-questions, rendered by the loop's own prompt code) and from the ``direct`` and
+   ``cot`` baselines run through the Reasoner;
+2. **tokenizers**: one byte-level BPE per model, trained on its records with a vocabulary large
+   enough that every word of the prompts is one token (easy copying from the notes);
+3. **models**: ``LlavaForConditionalGeneration`` (SigLIP tower, Qwen2 LM; 64x64 input, 8x8
+   patches -> 64 image tokens; image_mean 1 / image_std 0.5 so the white background is 0) and a
+   ``Qwen2ForCausalLM``, both from scratch;
+4. **training** (``models.training``): both at once, one process and one torch thread each. The
+   LVLM has an auxiliary shape/colour classifier on its projected image features (dropped after
+   training) and sees random flips / quarter turns of the images.
+
+The folders load with the production ``TransformersBackend`` (``configs/demo.yaml``).
+``python -m evals.demo eval`` runs the loop on the easy-VQA TEST split and reports accuracy, stop
+reasons, parse failures and perception accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from agents import AgentConfig, ModelSet, PromptSet, Question, Reasoner, RunOptions
+from agents.run import RunContext
+from evals.datasets import EvalItem, load_dataset
+from evals.oracle import (
+    COLOURS,
+    SHAPES,
+    SUB_QUESTIONS,
+    ImageFacts,
+    OracleBackend,
+    image_facts,
+    parse_question,
+)
+from evals.trajectories import (
+    RecordingBackend,
+    RunSpec,
+    message_dicts,
+    read_records,
+    record_runs,
+    write_records,
+)
+from models.types import GenerationRequest, ImageInput, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DEMO_DIR = Path("~/.cache/proreason/demo")
+MARKER = "proreason-demo.json"
+RECIPE_VERSION = 3
+TEXT_ROLES = ("dispatcher", "insight", "referee", "summarizer")
+
+
+@dataclass
+class DemoSpec:
+    """Everything that decides the demo build (recorded in each model folder's marker)."""
+
+    seed: int = 0
+    #: train questions whose ProReason trajectory trains the text LM
+    text_items: int = 6000
+    #: train questions answered with the direct and cot baselines (LVLM data)
+    direct_items: int = 12000
+    cot_items: int = 3000
+    #: presence sub-questions per train image in the perception drill
+    presence_per_image: int = 2
+    # --- LVLM
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    vision_text_hidden: int = 128
+    vision_text_layers: int = 2
+    vision_steps: int = 1000
+    vision_batch: int = 32
+    vision_lr: float = 5e-4
+    aux_weight: float = 1.0
+    #: phase 1: the vision tower + projector alone, as a shape/colour classifier (fast)
+    pretrain_steps: int = 600
+    pretrain_batch: int = 128
+    pretrain_lr: float = 2e-3
+    yes_no_weight: float = 2.0
+    #: loss weight of the answer words (shapes, colours, yes/no) inside replies
+    content_token_weight: float = 6.0
+    # --- text LM
+    text_hidden: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    text_steps: int = 1500
+    text_batch: int = 24
+    text_lr: float = 1e-3
+    # --- both
+    warmup_steps: int = 150
+    max_seconds: float | None = 720.0
+    threads_per_model: int = 1
+    agent_max_tokens: int = 96
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def _image_id(path: Path) -> str:
+    return Path(path).stem
+
+
+@lru_cache(maxsize=8192)
+def load_image(path: Path) -> ImageInput:
+    """An image file as the service loads it (``app.media.decode_image`` with its defaults)."""
+    from app.media import decode_image
+    from app.settings import MediaConfig
+
+    media = MediaConfig()
+    data = Path(path).read_bytes()
+    return ImageInput(decode_image(data, max_pixels=media.max_pixels, max_side=media.max_side))
+
+
+def _answerable(items: list[EvalItem], facts: dict[int, ImageFacts]) -> list[EvalItem]:
+    """Items the oracle can answer (the annotations give the attribute the question is about)."""
+    out = []
+    for item in items:
+        parsed = parse_question(item.question)
+        image = facts.get(int(_image_id(item.image_paths[0])))
+        if parsed is not None and image is not None and parsed.answer(image) == item.answer:
+            out.append(item)
+    return out
+
+
+def _oracle_models(facts: dict[int, ImageFacts], prompts: PromptSet):
+    def models_for(item: EvalItem) -> RunSpec:
+        oracle = OracleBackend(item.question, facts[int(_image_id(item.image_paths[0]))], prompts)
+        return RunSpec(vision=oracle, text=oracle)
+
+    return models_for
+
+
+async def _drill_records(
+    facts: dict[int, ImageFacts], paths: dict[int, str], prompts: PromptSet, config: AgentConfig,
+    presence: int, rng: random.Random,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Vision-expert calls on every train image: shape, colour and presence sub-questions.
+
+    The messages come from the loop's own prompt code (``RunContext.messages("vision", ...)``).
+    """
+    records = []
+    for image_id, path in sorted(paths.items()):
+        fact = facts.get(image_id)
+        if fact is None:
+            continue
+        subs = []
+        if fact.shape:
+            subs.append(SUB_QUESTIONS["shape"])
+            others = [s for s in SHAPES if s != fact.shape]
+            subs += [f"Is there a {s} in the image?" for s in rng.sample(others, 1)]
+            subs.append(f"Is there a {fact.shape} in the image?")
+        if fact.colour:
+            subs.append(SUB_QUESTIONS["colour"])
+            others = [c for c in COLOURS if c != fact.colour]
+            subs += [f"Is there a {c} shape in the image?" for c in rng.sample(others, 1)]
+            subs.append(f"Is there a {fact.colour} shape in the image?")
+        presence_subs = [s for s in subs if s.startswith("Is ")]
+        keep = set(rng.sample(presence_subs, min(presence, len(presence_subs))))
+        subs = [s for s in subs if not s.startswith("Is ") or s in keep]
+        image = load_image(Path(path))
+        oracle = RecordingBackend(OracleBackend("what shape is in the image?", fact, prompts))
+        question = Question(text="(perception drill)", images=(image,))
+        ctx = RunContext(question, RunOptions(), ModelSet(vision=oracle), prompts, config)
+        for sub in subs:
+            messages = ctx.messages("vision", oracle, images=(image,), sub_question=sub)
+            result = await oracle.generate(
+                GenerationRequest(messages, SamplingParams(max_tokens=config.max_tokens))
+            )
+            ref = {image.sha256: {"path": str(path), "image_id": str(image_id)}}
+            records.append(
+                {
+                    "role": "vision", "method": "drill", "item_id": f"train-image-{image_id}",
+                    "round": None, "solved": True, "correct": True, "stop_reason": None,
+                    "finish_reason": result.finish_reason, "parse_error": None,
+                    "messages": message_dicts(messages, ref), "reply": result.text,
+                }
+            )  # fmt: skip
+    return records
+
+
+def make_demo_records(
+    out_dir: Path, spec: DemoSpec | None = None, *, prompts_dir: Path | None = None
+) -> dict[str, Path]:
+    """Generate the demo training data from the CURRENT prompts; returns the JSONL paths.
+
+    ``text.jsonl``: the text roles' calls of ProReason runs (solved and correct runs only);
+    ``vision.jsonl``: the vision expert's calls of those runs, the perception drill and the
+    direct / cot baseline calls.
+    """
+    import easy_vqa
+
+    spec = spec or DemoSpec()
+    out_dir = Path(out_dir)
+    rng = random.Random(spec.seed)
+    prompts = PromptSet.load(prompts_dir)
+    config = AgentConfig(
+        max_rounds=4, max_tokens=spec.agent_max_tokens, structured_decisions=False,
+        prompts_dir=prompts_dir,
+    )  # fmt: skip
+    facts = image_facts("train")
+    items = _answerable(load_dataset("easy-vqa", split="train"), facts)
+    models_for = _oracle_models(facts, prompts)
+
+    def reasoner_for(models: ModelSet) -> Reasoner:
+        return Reasoner(models, config, prompts=prompts)
+
+    async def run_all() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        text_items = rng.sample(items, min(spec.text_items, len(items)))
+        loop, _ = await record_runs(
+            text_items, models_for, reasoner_for, RunOptions(max_rounds=4), load_image,
+            image_id=_image_id, concurrency=32,
+        )  # fmt: skip
+        baseline: list[dict[str, Any]] = []
+        for method, n in (("direct", spec.direct_items), ("cot", spec.cot_items)):
+            chosen = rng.sample(items, min(n, len(items)))
+            recs, _ = await record_runs(
+                chosen, models_for, reasoner_for, RunOptions(method=method), load_image,
+                image_id=_image_id, concurrency=32,
+            )  # fmt: skip
+            baseline += recs
+        drill = await _drill_records(
+            facts, easy_vqa.get_train_image_paths(), prompts, config, spec.presence_per_image, rng
+        )
+        good = [r for r in loop if r["solved"] and r["correct"]]
+        text = [r for r in good if r["role"] in TEXT_ROLES]
+        vision = [r for r in good if r["role"] == "vision"] + drill + baseline
+        return text, vision
+
+    text, vision = asyncio.run(run_all())
+    paths = {"text": out_dir / "text.jsonl", "vision": out_dir / "vision.jsonl"}
+    write_records(paths["text"], text)
+    write_records(paths["vision"], vision)
+    logger.info("demo records: %d text, %d vision", len(text), len(vision))
+    return paths
+
+
+# ------------------------------------------------------------------------------ tokenizers
+
+BOS, EOS, PAD = "<s>", "<|im_end|>", "<pad>"
+IM_START, IMAGE = "<|im_start|>", "<image>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, IM_START, IMAGE)
+
+
+def _corpus(records: list[dict[str, Any]]) -> list[str]:
+    texts = set()
+    for record in records:
+        for message in record["messages"]:
+            for part in message["content"]:
+                if part.get("type") == "text":
+                    texts.add(part["text"])
+        texts.add(record["reply"])
+    return ["system", "user", "assistant", *sorted(texts)]
+
+
+def train_tokenizer(texts: list[str], *, max_vocab: int = 4096, model_max_length: int = 2048):
+    """A byte-level BPE whose merges make every word of ``texts`` one token (word-level-ish),
+    with byte fallback for anything else; ChatML markers and ``<image>`` as special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from models.tiny import CHAT_TEMPLATE
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=max_vocab,
+        min_frequency=1,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        extra_special_tokens={"image_token": IMAGE},
+        chat_template=CHAT_TEMPLATE,
+        padding_side="left",
+        model_max_length=model_max_length,
+    )
+
+
+# ------------------------------------------------------------------------------ models
+
+
+def _qwen2_config(tokenizer: Any, hidden: int, layers: int, heads: int, max_pos: int) -> Any:
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=max_pos,
+        tie_word_embeddings=True,
+        initializer_range=0.02,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _set_generation_config(model: Any, tokenizer: Any) -> None:
+    gen = model.generation_config
+    gen.bos_token_id = tokenizer.bos_token_id
+    gen.eos_token_id = tokenizer.eos_token_id
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.do_sample = False
+
+
+def init_text_model(folder: Path, records: list[dict[str, Any]], spec: DemoSpec) -> None:
+    """Save an untrained Qwen2 text LM with its tokenizer into ``folder``."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    tokenizer = train_tokenizer(_corpus(records), model_max_length=1024)
+    torch.manual_seed(spec.seed)
+    model = Qwen2ForCausalLM(
+        _qwen2_config(tokenizer, spec.text_hidden, spec.text_layers, spec.text_heads, 1024)
+    )
+    _set_generation_config(model, tokenizer)
+    _fresh(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def init_vision_model(folder: Path, records: list[dict[str, Any]], spec: DemoSpec) -> None:
+    """Save an untrained LLaVA (SigLIP tower + Qwen2 LM) with its processor into ``folder``."""
+    import torch
+    from transformers import (
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        SiglipImageProcessorPil,
+        SiglipVisionConfig,
+    )
+
+    from models.tiny import CHAT_TEMPLATE
+
+    tokenizer = train_tokenizer(_corpus(records), model_max_length=1024)
+    tokens = (spec.image_size // spec.patch_size) ** 2
+    vision_config = SiglipVisionConfig(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_hidden * 2,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        vision_use_head=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=_qwen2_config(
+            tokenizer, spec.vision_text_hidden, spec.vision_text_layers, 4, 1024
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_seq_length=tokens,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(spec.seed)
+    model = LlavaForConditionalGeneration(config)
+    _set_generation_config(model, tokenizer)
+    image_processor = SiglipImageProcessorPil(
+        size={"height": spec.image_size, "width": spec.image_size},
+        image_mean=[1.0, 1.0, 1.0],  # easy-VQA backgrounds are near-white: white -> 0
+        image_std=[0.5, 0.5, 0.5],
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="full",
+        chat_template=CHAT_TEMPLATE,
+        image_token=IMAGE,
+    )
+    _fresh(folder)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def _fresh(folder: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+
+# ------------------------------------------------------------------------------ training jobs
+
+
+def _record_weight(spec: DemoSpec):
+    def weight(record: dict[str, Any]) -> float:
+        if record["reply"].strip().lower() in ("yes", "no") or "Answer: yes" in record["reply"] \
+                or "Answer: no" in record["reply"]:  # fmt: skip
+            return spec.yes_no_weight
+        return 1.0
+
+    return weight
+
+
+def _content_tokens(tokenizer: Any, spec: DemoSpec) -> dict[int, float]:
+    """Token ids of the answer words (one token each with the demo tokenizers) -> loss weight."""
+    out = {}
+    for word in (*SHAPES, *COLOURS, "yes", "no"):
+        for form in (word, " " + word, word.capitalize(), " " + word.capitalize()):
+            ids = tokenizer(form, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1:
+                out[ids[0]] = spec.content_token_weight
+    return out
+
+
+def _dihedral(torch: Any):
+    """Per-image random flip / quarter turn (shape and colour do not change)."""
+
+    def augment(pixels: Any, rng: random.Random) -> Any:
+        out = []
+        for img in pixels:
+            k = rng.randrange(8)
+            img = torch.rot90(img, k % 4, dims=(1, 2))
+            out.append(torch.flip(img, dims=(2,)) if k >= 4 else img)
+        return torch.stack(out)
+
+    return augment
+
+
+def _remaining(spec: DemoSpec, started: float) -> float | None:
+    """The job's time budget (``max_seconds`` covers loading and pre-training too)."""
+    if spec.max_seconds is None:
+        return None
+    return max(1.0, spec.max_seconds - (time.perf_counter() - started))
+
+
+def train_text_model(folder: str, records_path: str, run_dir: str, spec_dict: dict) -> dict:
+    """Train the text LM in ``folder`` on ``records_path`` (a training job; own process)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from models.training import TrainConfig, encode_records, train
+
+    started = time.perf_counter()
+    spec = DemoSpec(**spec_dict)
+    torch.set_num_threads(spec.threads_per_model)
+    tokenizer = AutoTokenizer.from_pretrained(folder)  # as the backend loads it
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    records = read_records(Path(records_path))
+    examples = encode_records(records, tokenizer, token_weights=_content_tokens(tokenizer, spec))
+    cfg = TrainConfig(
+        steps=spec.text_steps, batch_size=spec.text_batch, lr=spec.text_lr,
+        warmup_steps=spec.warmup_steps, seed=spec.seed, max_seconds=_remaining(spec, started),
+        threads=spec.threads_per_model, checkpoint_every=500,
+    )  # fmt: skip
+    model, summary = train(
+        model, examples, cfg, Path(run_dir), pad_id=tokenizer.pad_token_id, name="text"
+    )
+    model.save_pretrained(folder)
+    summary["max_tokens"] = max(len(e.input_ids) for e in examples)
+    return summary
+
+
+def train_vision_model(folder: str, records_path: str, run_dir: str, spec_dict: dict) -> dict:
+    """Train the LVLM in ``folder`` on ``records_path`` (a training job; own process)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from evals.oracle import image_facts as facts_of
+    from models.training import TrainConfig, encode_records, image_expansion_of, train
+
+    started = time.perf_counter()
+    spec = DemoSpec(**spec_dict)
+    torch.set_num_threads(spec.threads_per_model)
+    processor = AutoProcessor.from_pretrained(folder)  # as the backend loads it
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+    records = read_records(Path(records_path))
+    facts = facts_of("train")
+    pixels: dict[str, Any] = {}
+    expansion = None
+    labels: dict[str, tuple[int, int]] = {}
+    for record in records:
+        part = next(p for m in record["messages"] for p in m["content"] if p["type"] == "image")
+        key = str(part.get("path"))
+        if key in pixels:
+            continue
+        expansion, features = image_expansion_of(processor, load_image(Path(key)).image)
+        pixels[key] = features["pixel_values"]
+        fact = facts.get(int(part["image_id"]), ImageFacts())
+        labels[key] = (
+            SHAPES.index(fact.shape) if fact.shape else -100,
+            COLOURS.index(fact.colour) if fact.colour else -100,
+        )
+    examples = encode_records(
+        records, processor.tokenizer, processor=processor, image_expansion=expansion,
+        weight=_record_weight(spec), token_weights=_content_tokens(processor.tokenizer, spec),
+    )  # fmt: skip
+    hidden = model.config.text_config.hidden_size
+    aux = torch.nn.ModuleDict(
+        {"shape": torch.nn.Linear(hidden, len(SHAPES)), "colour": torch.nn.Linear(hidden, 8)}
+    )
+    captured: dict[str, Any] = {}
+    projector = model.model.multi_modal_projector
+    projector.register_forward_hook(lambda mod, args, out: captured.__setitem__("f", out))
+
+    def aux_loss(model: Any, aux: Any, batch: dict[str, Any]) -> Any:
+        feats = captured["f"]
+        feats = feats.reshape(len(batch["examples"]), -1, feats.shape[-1]).mean(1)
+        target = torch.tensor([labels[e.image] for e in batch["examples"]])
+        ce = torch.nn.functional.cross_entropy
+        return spec.aux_weight * (
+            ce(aux["shape"](feats), target[:, 0], ignore_index=-100)
+            + ce(aux["colour"](feats), target[:, 1], ignore_index=-100)
+        )
+
+    _pretrain_vision(torch, model, aux, pixels, labels, spec, Path(run_dir))
+    cfg = TrainConfig(
+        steps=spec.vision_steps, batch_size=spec.vision_batch, lr=spec.vision_lr,
+        warmup_steps=spec.warmup_steps, seed=spec.seed, max_seconds=_remaining(spec, started),
+        threads=spec.threads_per_model, checkpoint_every=500,
+    )  # fmt: skip
+    model, summary = train(
+        model, examples, cfg, Path(run_dir), pad_id=processor.tokenizer.pad_token_id,
+        pixels=pixels, augment=_dihedral(torch), aux=aux, aux_loss=aux_loss, name="vision",
+    )  # fmt: skip
+    model.save_pretrained(folder)
+    summary["max_tokens"] = max(len(e.input_ids) for e in examples)
+    return summary
+
+
+def _pretrain_vision(
+    torch: Any, model: Any, aux: Any, pixels: dict[str, Any], labels: dict[str, tuple[int, int]],
+    spec: DemoSpec, run_dir: Path,
+) -> None:  # fmt: skip
+    """Phase 1: train the vision tower + projector as a shape/colour classifier (mean-pooled
+    projected features -> the ``aux`` heads), with the same augmentation; logged to run_dir."""
+    from models.training import plot_losses
+
+    keys = [k for k in pixels if labels[k] != (-100, -100)]
+    if not keys or spec.pretrain_steps <= 0:
+        return
+    tower, projector = model.model.vision_tower, model.model.multi_modal_projector
+    params = [*tower.parameters(), *projector.parameters(), *aux.parameters()]
+    opt = torch.optim.AdamW(params, lr=spec.pretrain_lr, weight_decay=0.01)
+    warm = max(1, spec.pretrain_steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 1 - s / spec.pretrain_steps)
+    )
+    rng = random.Random(spec.seed + 7)
+    augment = _dihedral(torch)
+    ce = torch.nn.functional.cross_entropy
+    losses, correct = [], []
+    for _ in range(spec.pretrain_steps):
+        batch = rng.sample(keys, min(spec.pretrain_batch, len(keys)))
+        pv = augment(torch.cat([pixels[k] for k in batch]), rng)
+        feats = model.model.get_image_features(
+            pixel_values=pv,
+            vision_feature_layer=model.config.vision_feature_layer,
+            vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        )
+        feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+        feats = torch.stack([f.reshape(-1, f.shape[-1]).mean(0) for f in feats])
+        target = torch.tensor([labels[k] for k in batch])
+        shape_logits, colour_logits = aux["shape"](feats), aux["colour"](feats)
+        loss = ce(shape_logits, target[:, 0], ignore_index=-100) + ce(
+            colour_logits, target[:, 1], ignore_index=-100
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        ok = (shape_logits.argmax(1) == target[:, 0])[target[:, 0] >= 0].float().mean()
+        correct.append(float(ok))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "pretrain.json").write_text(
+        json.dumps({"losses": losses, "shape_acc_last50": sum(correct[-50:]) / 50})
+    )
+    plot_losses(losses, run_dir / "pretrain_loss.png", title="vision tower pre-training")
+    acc = sum(correct[-50:]) / len(correct[-50:])
+    logger.info("vision pre-training: loss %.3f, shape accuracy %.3f", losses[-1], acc)
+
+
+# ------------------------------------------------------------------------------ the build
+
+
+def _marker(kind: str, spec: DemoSpec) -> dict[str, Any]:
+    return {"kind": kind, "recipe": RECIPE_VERSION, "spec": asdict(spec)}
+
+
+def is_built(out_dir: Path = DEFAULT_DEMO_DIR, spec: DemoSpec | None = None) -> bool:
+    """Whether both demo models exist with this spec (no torch import)."""
+    spec = spec or DemoSpec()
+    root = Path(out_dir).expanduser()
+    for kind in ("vision", "text"):
+        try:
+            if json.loads((root / kind / MARKER).read_text()) != _marker(kind, spec):
+                return False
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+def build_demo(
+    out_dir: Path = DEFAULT_DEMO_DIR,
+    spec: DemoSpec | None = None,
+    *,
+    force: bool = False,
+    prompts_dir: Path | None = None,
+    parallel: bool = True,
+) -> dict[str, Path]:
+    """Build (or reuse) the trained demo models under ``out_dir``: ``{"vision": ..., "text": ...}``.
+
+    Regenerates the training data from the current prompts, trains both models (in parallel
+    processes by default) and writes ``build.json`` (timings, losses) and the loss curves under
+    ``out_dir/runs``. A folder whose marker matches ``spec`` is reused unless ``force``.
+    """
+    spec = spec or DemoSpec()
+    root = Path(out_dir).expanduser()
+    folders = {"vision": root / "vision", "text": root / "text"}
+    if not force and is_built(root, spec):
+        return folders
+    started = time.perf_counter()
+    data_dir = root / "data"
+    runs = root / "runs"
+    if runs.exists():
+        shutil.rmtree(runs)  # a new build starts fresh (resume is for an interrupted train)
+    paths = make_demo_records(data_dir, spec, prompts_dir=prompts_dir)
+    data_s = time.perf_counter() - started
+    init_text_model(folders["text"], read_records(paths["text"]), spec)
+    init_vision_model(folders["vision"], read_records(paths["vision"]), spec)
+    jobs = {
+        "vision": (train_vision_model, str(folders["vision"]), str(paths["vision"])),
+        "text": (train_text_model, str(folders["text"]), str(paths["text"])),
+    }
+    summaries: dict[str, Any] = {}
+    if parallel:
+        with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:
+            futures = {
+                kind: pool.submit(fn, folder, data, str(runs / kind), asdict(spec))
+                for kind, (fn, folder, data) in jobs.items()
+            }
+            summaries = {kind: f.result() for kind, f in futures.items()}
+    else:
+        for kind, (fn, folder, data) in jobs.items():
+            summaries[kind] = fn(folder, data, str(runs / kind), asdict(spec))
+    for kind, folder in folders.items():
+        (folder / MARKER).write_text(json.dumps(_marker(kind, spec), indent=2))
+    build = {
+        "data_seconds": round(data_s, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "records": {k: sum(1 for _ in open(p)) for k, p in paths.items()},
+        "training": summaries,
+        "sizes_mb": {k: round(_size(f) / 1e6, 2) for k, f in folders.items()},
+        "spec": asdict(spec),
+    }
+    (root / "build.json").write_text(json.dumps(build, indent=2))
+    logger.info("demo models built in %.0fs: %s", build["total_seconds"], build["sizes_mb"])
+    return folders
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+@dataclass
+class DemoEval:
+    method: str
+    n: int
+    accuracy: float
+    solved_rate: float
+    parse_failures: int
+    parse_failure_rate: float  # parse failures per question
+    perception_calls: int = 0
+    perception_accuracy: float | None = None
+    stop_reasons: dict[str, int] = field(default_factory=dict)
+    by_kind: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def _perception_correct(reply: str, sub_question: str, fact: ImageFacts) -> bool | None:
+    """Whether a vision reply states the right attribute (None: not checkable)."""
+    parsed = parse_question(sub_question)
+    if parsed is None:
+        return None
+    truth = fact.get(parsed.attribute)
+    if truth is None:
+        return None
+    domain = SHAPES if parsed.attribute == "shape" else COLOURS
+    named = [w for w in domain if w in reply.lower()]
+    ok = named == [truth]
+    if parsed.kind == "yesno":
+        lead = reply.strip().lower().split(",")[0].split(".")[0]
+        ok = ok and lead == ("yes" if truth == parsed.value else "no")
+    return ok
+
+
+async def evaluate_demo(
+    folders: dict[str, Path] | None = None,
+    *,
+    profile: str | Path = "demo",
+    limit: int | None = 300,
+    seed: int = 0,
+    methods: tuple[str, ...] = ("proreason", "direct", "cot"),
+    concurrency: int = 16,
+    oracle_vision: bool = False,
+) -> list[DemoEval]:
+    """The demo models on the easy-VQA TEST split through the production backend and Reasoner.
+
+    Accuracy, the share of ``solved`` answers, parse failures, accuracy per question kind, and
+    perception accuracy (every vision-expert reply checked against the test annotations).
+    ``oracle_vision``: replace the LVLM by a perfect vision expert (measures the text LM alone).
+    """
+    from app.media import MediaLoader
+    from app.runtime import close_models, open_models
+    from app.settings import load_settings
+    from evals.oracle import OracleVisionBackend, template_field
+    from evals.runner import evaluate
+
+    settings = load_settings(profile)
+    if folders is not None:
+        settings.models.vision.model = str(folders["vision"])
+        settings.models.text.model = str(folders["text"])  # type: ignore[union-attr]
+    items = load_dataset("easy-vqa", split="test", limit=limit, seed=seed)
+    facts = image_facts("test")
+    sha_facts = {
+        load_image(item.image_paths[0]).sha256: facts.get(int(_image_id(item.image_paths[0])),
+                                                          ImageFacts())
+        for item in items
+    }  # fmt: skip
+    opened = await open_models(settings.models)
+    prompts = PromptSet.load(settings.agent.prompts_dir)
+    inner = OracleVisionBackend(sha_facts, prompts) if oracle_vision else opened.vision
+    vision = RecordingBackend(inner)
+    models = ModelSet(vision=vision, text=opened.text)
+    loader = MediaLoader(settings.media)
+    reports = []
+    try:
+        reasoner = Reasoner(models, settings.agent, prompts=prompts)
+        for method in methods:
+            vision.take()
+            options = RunOptions(
+                method=method, mode="assisted", max_rounds=settings.agent.max_rounds
+            )
+            report, rows = await evaluate(reasoner, items, options, loader, concurrency=concurrency)
+            checks = []
+            for call in vision.take():
+                user = call.request.messages[-1].text_content
+                sub = template_field(prompts, "vision", "sub_question", user)
+                if call.result is None or sub is None:
+                    continue
+                fact = sha_facts.get(call.request.images[0].sha256, ImageFacts())
+                checks.append(_perception_correct(call.result.text, sub, fact))
+            checked = [c for c in checks if c is not None]
+            kinds: dict[str, list[bool]] = {}
+            for item, row in zip(items, rows, strict=True):
+                parsed = parse_question(item.question)
+                kind = "other" if parsed is None else (
+                    f"{parsed.kind}-{parsed.attribute}" + ("-neg" if parsed.negated else "")
+                )  # fmt: skip
+                kinds.setdefault(kind, []).append(row.verdict == "correct")
+            n = report.n
+            reports.append(
+                DemoEval(
+                    method=method,
+                    n=n,
+                    accuracy=report.accuracy,
+                    solved_rate=report.stop_reasons.get("solved", 0) / n if n else 0.0,
+                    parse_failures=sum(r.parse_failures for r in rows),
+                    parse_failure_rate=report.parse_failures_per_question,
+                    perception_calls=len(checked),
+                    perception_accuracy=sum(checked) / len(checked) if checked else None,
+                    stop_reasons=report.stop_reasons,
+                    by_kind={k: round(sum(v) / len(v), 4) for k, v in sorted(kinds.items())},
+                    wall_s=round(report.wall_time_s, 1),
+                )
+            )
+            logger.info("%s", reports[-1])
+    finally:
+        await loader.aclose()
+        await close_models(opened)
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m evals.demo {data,build,eval}`` (experiments; the CLI wires its own)."""
+    parser = argparse.ArgumentParser(prog="python -m evals.demo")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_data = sub.add_parser("data", help="write the demo training records (JSONL)")
+    p_data.add_argument("out", type=Path)
+    p_build = sub.add_parser("build", help="build the demo models")
+    p_build.add_argument("out", type=Path, nargs="?", default=DEFAULT_DEMO_DIR)
+    p_build.add_argument("--force", action="store_true")
+    p_build.add_argument("--serial", action="store_true", help="train one model after the other")
+    p_build.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                         help="override DemoSpec fields")  # fmt: skip
+    p_eval = sub.add_parser("eval", help="evaluate the demo models on the easy-VQA test split")
+    p_eval.add_argument("--dir", type=Path, default=None, help="model folder (default: profile)")
+    p_eval.add_argument("--profile", default="demo")
+    p_eval.add_argument("--limit", type=int, default=300, help="0: the whole test split")
+    p_eval.add_argument("--seed", type=int, default=0)
+    p_eval.add_argument("--methods", nargs="*", default=["proreason", "direct", "cot"])
+    p_eval.add_argument("--out", type=Path, default=None)
+    p_eval.add_argument(
+        "--oracle-vision",
+        action="store_true",
+        help="a perfect vision expert instead of the LVLM (text LM alone)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("httpx", "agents", "models.transformers_backend", "models.batcher"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.cmd == "data":
+        paths = make_demo_records(args.out)
+        print(json.dumps({k: str(v) for k, v in paths.items()}))
+    elif args.cmd == "build":
+        spec = DemoSpec()
+        for item in args.set:
+            key, _, value = item.partition("=")
+            current = getattr(spec, key)
+            setattr(spec, key, type(current)(value) if current is not None else float(value))
+        started = time.perf_counter()
+        folders = build_demo(args.out, spec, force=args.force, parallel=not args.serial)
+        took = time.perf_counter() - started
+        print(json.dumps({k: str(v) for k, v in folders.items()}), f"{took:.0f}s")
+    else:
+        folders = None
+        if args.dir is not None:
+            root = args.dir.expanduser()
+            folders = {"vision": root / "vision", "text": root / "text"}
+        reports = asyncio.run(
+            evaluate_demo(
+                folders, profile=args.profile, limit=args.limit or None, seed=args.seed,
+                methods=tuple(args.methods), oracle_vision=args.oracle_vision,
+            )
+        )  # fmt: skip
+        payload = [asdict(r) for r in reports]
+        print(json.dumps(payload, indent=2))
+        if args.out:
+            args.out.write_text(json.dumps(payload, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,410 @@
+"""The demo teacher: an easy-VQA "oracle" that plays every ProReason role correctly.
+
+No big model is available offline, so the demo models learn from trajectories of the REAL
+``agents.Reasoner`` loop in which every model call is answered by :class:`OracleBackend`. The
+oracle knows, per item, the image's shape and colour, derived from the easy-VQA annotations of
+that image (:func:`image_facts`: direct answers to "what shape / what colour" questions, plus what
+the yes/no answers imply), and the question being solved.
+
+Roles are recognised from the CURRENT prompt templates (their system texts, see
+:func:`role_of_request`), never from hard-coded prompt text, so the training data follows
+whatever ``configs/prompts`` says when it is regenerated. Facts already collected are read back
+from the notes in the prompt (the oracle's own phrasings), so the referee's verdict and the
+dispatcher's next step depend on the notes the loop actually shows, not on hidden state.
+
+The policy (think-then-decide JSON decisions):
+
+- what shape / what colour questions: the dispatcher asks the vision expert for the missing
+  attribute ("What shape is in the image?" / "What colour is the shape?"); the referee says
+  solvable once the notes state it; the summarizer answers with one word;
+- yes/no questions: the vision expert is asked for the attribute the question is about; the
+  referee says the notes state the fact but not yet the yes/no conclusion; the dispatcher asks the
+  insight expert to derive it (a short chain of thought, then a line like
+  ``Final answer: yes, there is no red shape``);
+  the referee says solvable; the summarizer answers yes or no;
+- direct / cot / fallback (LVLM baselines): the answer, or one sentence of what is seen and an
+  ``Answer:`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+from agents.prompts import PromptSet
+from models.base import ModelBackend
+from models.types import GenerationRequest, GenerationResult, Usage
+
+SHAPES = ("circle", "rectangle", "triangle")
+COLOURS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+Attribute = Literal["shape", "colour"]
+
+#: the visual sub-questions the oracle dispatcher asks (its own wording, not a prompt template)
+SUB_QUESTIONS: dict[str, str] = {
+    "shape": "What shape is in the image?",
+    "colour": "What colour is the shape?",
+}
+
+
+# ------------------------------------------------------------------------------ easy-VQA facts
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the annotations say about one image (None: not determined by them)."""
+
+    shape: str | None = None
+    colour: str | None = None
+
+    def get(self, attribute: Attribute) -> str | None:
+        return self.shape if attribute == "shape" else self.colour
+
+
+@dataclass(frozen=True)
+class ParsedQuestion:
+    """An easy-VQA question: which attribute it is about, and for yes/no ones the value asked."""
+
+    kind: Literal["what", "yesno"]
+    attribute: Attribute
+    value: str | None = None  # yes/no: the shape or colour asked about
+    negated: bool = False
+
+    def answer(self, facts: ImageFacts) -> str | None:
+        known = facts.get(self.attribute)
+        if known is None:
+            return None
+        if self.kind == "what":
+            return known
+        return "yes" if (known == self.value) != self.negated else "no"
+
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def parse_question(text: str) -> ParsedQuestion | None:
+    """Parse an easy-VQA question (its 24 templates); None for anything else."""
+    words = _WORD.findall(text.lower())
+    if not words:
+        return None
+    shape = next((w for w in words if w in SHAPES), None)
+    colour = next((w for w in words if w in COLOURS), None)
+    if words[0] == "what":
+        if "color" in words or "colour" in words:
+            return ParsedQuestion("what", "colour")
+        if "shape" in words:
+            return ParsedQuestion("what", "shape")
+        return None
+    if words[0] not in ("is", "does", "are"):
+        return None
+    negated = "not" in words or "no" in words
+    if colour is not None:
+        return ParsedQuestion("yesno", "colour", colour, negated)
+    if shape is not None:
+        return ParsedQuestion("yesno", "shape", shape, negated)
+    return None
+
+
+def facts_from_annotations(rows: Iterable[tuple[str, str, int]]) -> dict[int, ImageFacts]:
+    """Per image id: the shape and colour the (question, answer) annotations determine.
+
+    Direct answers ("what shape ..." -> circle) fix an attribute; yes/no answers fix it when they
+    assert a value, or rule values out (a shape is known once two of the three are ruled out).
+    """
+    known: dict[int, dict[str, str]] = defaultdict(dict)
+    ruled_out: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for question, answer, image_id in rows:
+        parsed = parse_question(question)
+        if parsed is None:
+            continue
+        if parsed.kind == "what":
+            known[image_id][parsed.attribute] = answer
+            continue
+        present = (answer == "yes") != parsed.negated
+        if present:
+            known[image_id][parsed.attribute] = parsed.value or ""
+        elif parsed.value:
+            ruled_out[image_id][parsed.attribute].add(parsed.value)
+    facts: dict[int, ImageFacts] = {}
+    for image_id in set(known) | set(ruled_out):
+        values = dict(known[image_id])
+        for attribute, domain in (("shape", SHAPES), ("colour", COLOURS)):
+            left = [v for v in domain if v not in ruled_out[image_id][attribute]]
+            if attribute not in values and len(left) == 1:
+                values[attribute] = left[0]
+        facts[image_id] = ImageFacts(values.get("shape"), values.get("colour"))
+    return facts
+
+
+@lru_cache(maxsize=2)
+def image_facts(split: str) -> dict[int, ImageFacts]:
+    """Facts for every image of an easy-VQA split (``train`` or ``test``) from its annotations."""
+    import easy_vqa
+
+    if split == "train":
+        rows = easy_vqa.get_train_questions()
+    elif split == "test":
+        rows = easy_vqa.get_test_questions()
+    else:
+        raise ValueError(f"easy-vqa has splits 'train' and 'test', not {split!r}")
+    return facts_from_annotations(zip(*rows, strict=True))
+
+
+# ------------------------------------------------------------------------- role recognition
+
+#: prompt names the oracle answers, by the kind of reply
+_TEXT_ROLES = ("dispatcher", "insight", "referee", "summarizer")
+_ANSWER_ROLES = ("direct", "cot", "fallback", "no_image")
+
+
+def role_of_request(request: GenerationRequest, prompts: PromptSet) -> str:
+    """The prompt a request was rendered from, recognised by the current templates.
+
+    The system text names the prompt; prompts sharing one system text (the one-shot answering
+    prompts) are told apart by the answer-format instruction their user turn contains.
+    """
+    system = next((m.text_content for m in request.messages if m.role == "system"), None)
+    user = next((m.text_content for m in request.messages if m.role == "user"), "")
+    names = [
+        name for name in ("vision", *_TEXT_ROLES, *_ANSWER_ROLES) if prompts[name].system == system
+    ]
+    if len(names) == 1:
+        return names[0]
+    if "cot" in names and prompts.text("answer_step_open").strip() in user:
+        return "cot"
+    if request.images and "direct" in names:
+        return "direct"  # direct and fallback are the same kind of call for the oracle
+    if "no_image" in names:
+        return "no_image"
+    raise ValueError(f"cannot tell which prompt this request was rendered from: {names or system}")
+
+
+# ---------------------------------------------------------------------------------- the oracle
+
+_NOTE_SHAPE = re.compile(r"\bthe shape is an? (circle|rectangle|triangle)\b", re.I)
+_NOTE_COLOUR = re.compile(r"\bthe shape is (" + "|".join(COLOURS) + r")\b", re.I)
+#: the insight expert's final-answer line: "yes, there is no red shape" (its memory entry)
+_NOTE_CONCLUSION = re.compile(r"\b(yes|no), there is\b", re.I)
+
+
+def template_field(prompts: PromptSet, name: str, field: str, user: str) -> str | None:
+    """The value of ``{field}`` in a user turn rendered from prompt ``name`` (None: no match).
+
+    Works for templates whose other placeholders are absent or empty (e.g. the vision prompt).
+    """
+    marker = "\x00"
+    others = {f: "" for f in prompts[name].fields if f != field}
+    prefix, _, suffix = prompts[name].render(**others, **{field: marker}).strip().partition(marker)
+    if not (user.startswith(prefix) and user.endswith(suffix)):
+        return None
+    return user[len(prefix) : len(user) - len(suffix)].strip()
+
+
+def _article(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
+def vision_statement(attribute: Attribute, value: str) -> str:
+    """How the vision expert states an attribute ("The shape is a circle.")."""
+    return f"The shape is {_article(value) if attribute == 'shape' else value}."
+
+
+def _notes_facts(text: str) -> tuple[ImageFacts, str | None]:
+    """The facts and the yes/no conclusion the notes in a prompt state (oracle phrasings)."""
+    shape = _NOTE_SHAPE.search(text)
+    colour = _NOTE_COLOUR.search(text)
+    conclusion = _NOTE_CONCLUSION.findall(text)
+    return (
+        ImageFacts(
+            shape.group(1).lower() if shape else None, colour.group(1).lower() if colour else None
+        ),
+        conclusion[-1].lower() if conclusion else None,
+    )
+
+
+def _json(obj: dict[str, object]) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+class OracleBackend(ModelBackend):
+    """Answers every ProReason role for ONE easy-VQA item, correctly (the demo teacher).
+
+    ``question`` is the item's question; ``facts`` what the annotations say about its image.
+    Raises ``ValueError`` for a request it cannot recognise (a prompt set the oracle cannot read).
+    """
+
+    backend = "oracle"
+
+    def __init__(self, question: str, facts: ImageFacts, prompts: PromptSet) -> None:
+        super().__init__("easy-vqa-oracle", context_length=None)
+        self.question = question
+        self.parsed = parse_question(question)
+        self.facts = facts
+        self.prompts = prompts
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        role = role_of_request(request, self.prompts)
+        user = next((m.text_content for m in request.messages if m.role == "user"), "")
+        text = getattr(self, f"_{role}")(user) if role != "fallback" else self._direct(user)
+        return GenerationResult(
+            text=text, usage=Usage(len(user) // 4, len(text) // 4), model=self.model
+        )
+
+    # -- helpers
+
+    def _need(self) -> ParsedQuestion:
+        if self.parsed is None:
+            raise ValueError(f"not an easy-VQA question: {self.question!r}")
+        return self.parsed
+
+    def _known(self, attribute: Attribute) -> str:
+        value = self.facts.get(attribute)
+        if value is None:
+            raise ValueError(f"the annotations do not give the image's {attribute}")
+        return value
+
+    def _inference(self, parsed: ParsedQuestion, known: str) -> tuple[str, str, str]:
+        """(chain of thought, yes/no, the finding) for a yes/no question given the fact."""
+        asked = parsed.value or ""
+        same = known == asked
+        fact = vision_statement(parsed.attribute, known)[:-1]
+        if parsed.attribute == "colour":
+            link = f"{known} {'is' if same else 'is not'} {asked}"
+            found = f"a {asked} shape" if same else f"no {asked} shape"
+        else:
+            link = f"{_article(known)} {'is' if same else 'is not'} {_article(asked)}"
+            found = _article(asked) if same else f"no {asked}"
+        thought = f"{fact}, and {link}, so there is {found}."
+        # always state the polarity (one distinct word), so the yes/no is read off tokens
+        thought += f" The question is {'negated' if parsed.negated else 'direct'}."
+        answer = "yes" if same != parsed.negated else "no"
+        return thought, answer, f"there is {found}"
+
+    # -- the text roles
+
+    def _dispatcher(self, user: str) -> str:
+        parsed = self._need()
+        noted, _ = _notes_facts(user)
+        attribute = parsed.attribute
+        value = noted.get(attribute)
+        if value is None:
+            thing = "shape" if attribute == "shape" else "colour of the shape"
+            return _json(
+                {
+                    "thought": f"The notes do not give the {thing} yet, so the vision expert "
+                    "must look.",
+                    "expert": "vision",
+                    "question": SUB_QUESTIONS[attribute],
+                }
+            )
+        return _json(
+            {
+                "thought": f"{vision_statement(attribute, value)[:-1]}, so the insight expert "
+                "can work out the answer.",
+                "expert": "insight",
+                "question": f"From the notes, decide: {self.question}",
+            }
+        )
+
+    def _insight(self, user: str) -> str:
+        parsed = self._need()
+        noted, _ = _notes_facts(user)
+        value = noted.get(parsed.attribute)
+        if parsed.kind != "yesno" or value is None:
+            return "The notes do not say enough.\nFinal answer: unknown"
+        thought, answer, finding = self._inference(parsed, value)
+        return f"{thought}\nFinal answer: {answer}, {finding}"
+
+    def _referee(self, user: str) -> str:
+        parsed = self._need()
+        noted, conclusion = _notes_facts(user)
+        value = noted.get(parsed.attribute)
+        thing = "shape" if parsed.attribute == "shape" else "colour of the shape"
+        if value is None:
+            return _json(
+                {"reasoning": f"The notes do not give the {thing} yet.", "solvable": False}
+            )
+        fact = vision_statement(parsed.attribute, value)[:-1]
+        if parsed.kind == "what":
+            return _json(
+                {
+                    "reasoning": f"The notes say {fact[0].lower()}{fact[1:]}, so the answer is "
+                    f"{value}.",
+                    "solvable": True,
+                }
+            )
+        if conclusion is None:
+            return _json(
+                {
+                    "reasoning": f"The notes say {fact[0].lower()}{fact[1:]}, but not yet whether "
+                    "the answer is yes or no.",
+                    "solvable": False,
+                }
+            )
+        return _json(
+            {"reasoning": f"The notes conclude that the answer is {conclusion}.", "solvable": True}
+        )
+
+    def _summarizer(self, user: str) -> str:
+        parsed = self._need()
+        noted, conclusion = _notes_facts(user)
+        if parsed.kind == "yesno":
+            return conclusion or "unknown"
+        return noted.get(parsed.attribute) or "unknown"
+
+    # -- the LVLM roles
+
+    def _vision(self, user: str) -> str:
+        """Answer a visual sub-question (shape, colour, presence) from the facts."""
+        sub = parse_question(template_field(self.prompts, "vision", "sub_question", user) or "")
+        if sub is None:  # anything else: say what is there
+            colour, shape = self._known("colour"), self._known("shape")
+            return f"The shape is {_article(colour)} {shape}."
+        known = self._known(sub.attribute)
+        statement = vision_statement(sub.attribute, known)
+        if sub.kind == "what":
+            return statement
+        lead = "Yes" if known == sub.value else "No"
+        return f"{lead}, {statement[0].lower()}{statement[1:]}"
+
+    def _direct(self, user: str) -> str:
+        answer = self._need().answer(self.facts)
+        if answer is None:
+            raise ValueError("the annotations do not answer this question")
+        return answer
+
+    def _cot(self, user: str) -> str:
+        parsed = self._need()
+        known = self._known(parsed.attribute)
+        if parsed.kind == "what":
+            return f"{vision_statement(parsed.attribute, known)}\nAnswer: {known}"
+        thought, answer, _ = self._inference(parsed, known)
+        return f"{thought}\nAnswer: {answer}"
+
+    def _no_image(self, user: str) -> str:
+        return "I cannot tell without the image."
+
+
+class OracleVisionBackend(ModelBackend):
+    """A perfect vision expert for any easy-VQA image it has facts for (looked up by image hash).
+
+    For measuring the text roles alone: the text LM in the loop with exact perception.
+    """
+
+    backend = "oracle"
+
+    def __init__(self, facts_by_sha256: dict[str, ImageFacts], prompts: PromptSet) -> None:
+        super().__init__("easy-vqa-oracle-vision", context_length=None)
+        self.facts = facts_by_sha256
+        self.prompts = prompts
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        facts = self.facts.get(request.images[0].sha256, ImageFacts()) if request.images else None
+        user = next((m.text_content for m in request.messages if m.role == "user"), "")
+        question = user if role_of_request(request, self.prompts) != "vision" else ""
+        oracle = OracleBackend(question, facts or ImageFacts(), self.prompts)
+        return await oracle.generate(request)
