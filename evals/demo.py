@@ -61,6 +61,7 @@ from evals.trajectories import (
     record_runs,
     write_records,
 )
+from models.images import ImageDecoder
 from models.types import GenerationRequest, ImageInput, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -125,13 +126,8 @@ def _image_id(path: Path) -> str:
 
 @lru_cache(maxsize=8192)
 def load_image(path: Path) -> ImageInput:
-    """An image file as the service loads it (``app.media.decode_image`` with its defaults)."""
-    from app.media import decode_image
-    from app.settings import MediaConfig
-
-    media = MediaConfig()
-    data = Path(path).read_bytes()
-    return ImageInput(decode_image(data, max_pixels=media.max_pixels, max_side=media.max_side))
+    """An image file as the service loads it (``models.images`` with the default limits)."""
+    return ImageDecoder().decode_sync(Path(path).read_bytes())
 
 
 def _answerable(items: list[EvalItem], facts: dict[int, ImageFacts]) -> list[EvalItem]:
@@ -726,9 +722,9 @@ def _perception_correct(reply: str, sub_question: str, fact: ImageFacts) -> bool
 
 
 async def evaluate_demo(
-    folders: dict[str, Path] | None = None,
+    opened: ModelSet,
+    agent: AgentConfig,
     *,
-    profile: str | Path = "demo",
     limit: int | None = 300,
     seed: int = 0,
     methods: tuple[str, ...] = ("proreason", "direct", "cot"),
@@ -740,17 +736,11 @@ async def evaluate_demo(
     Accuracy, the share of ``solved`` answers, parse failures, accuracy per question kind, and
     perception accuracy (every vision-expert reply checked against the test annotations).
     ``oracle_vision``: replace the LVLM by a perfect vision expert (measures the text LM alone).
+    ``opened``: the demo profile's models, opened by the caller (``proreason demo-report``).
     """
-    from app.media import MediaLoader
-    from app.runtime import close_models, open_models
-    from app.settings import load_settings
     from evals.oracle import OracleVisionBackend, template_field
     from evals.runner import evaluate
 
-    settings = load_settings(profile)
-    if folders is not None:
-        settings.models.vision.model = str(folders["vision"])
-        settings.models.text.model = str(folders["text"])  # type: ignore[union-attr]
     items = load_dataset("easy-vqa", split="test", limit=limit, seed=seed)
     facts = image_facts("test")
     sha_facts = {
@@ -758,62 +748,56 @@ async def evaluate_demo(
                                                           ImageFacts())
         for item in items
     }  # fmt: skip
-    opened = await open_models(settings.models)
-    prompts = PromptSet.load(settings.agent.prompts_dir)
+    prompts = PromptSet.load(agent.prompts_dir)
     inner = OracleVisionBackend(sha_facts, prompts) if oracle_vision else opened.vision
     vision = RecordingBackend(inner)
     models = ModelSet(vision=vision, text=opened.text)
-    loader = MediaLoader(settings.media)
+    decoder = ImageDecoder()
     reports = []
-    try:
-        reasoner = Reasoner(models, settings.agent, prompts=prompts)
-        for method in methods:
-            vision.take()
-            options = RunOptions(
-                method=method, mode="assisted", max_rounds=settings.agent.max_rounds
+    reasoner = Reasoner(models, agent)
+    for method in methods:
+        vision.take()
+        options = RunOptions(method=method, mode="assisted", max_rounds=agent.max_rounds)
+        report, rows = await evaluate(reasoner, items, options, decoder, concurrency=concurrency)
+        checks = []
+        for call in vision.take():
+            user = call.request.messages[-1].text_content
+            sub = template_field(prompts, "vision", "sub_question", user)
+            if call.result is None or sub is None:
+                continue
+            fact = sha_facts.get(call.request.images[0].sha256, ImageFacts())
+            checks.append(_perception_correct(call.result.text, sub, fact))
+        checked = [c for c in checks if c is not None]
+        kinds: dict[str, list[bool]] = {}
+        for item, row in zip(items, rows, strict=True):
+            parsed = parse_question(item.question)
+            kind = "other" if parsed is None else (
+                f"{parsed.kind}-{parsed.attribute}" + ("-neg" if parsed.negated else "")
+            )  # fmt: skip
+            kinds.setdefault(kind, []).append(row.verdict == "correct")
+        n = report.n
+        reports.append(
+            DemoEval(
+                method=method,
+                n=n,
+                accuracy=report.accuracy,
+                solved_rate=report.stop_reasons.get("solved", 0) / n if n else 0.0,
+                parse_failures=sum(r.parse_failures for r in rows),
+                parse_failure_rate=report.parse_failures_per_question,
+                perception_calls=len(checked),
+                perception_accuracy=sum(checked) / len(checked) if checked else None,
+                stop_reasons=report.stop_reasons,
+                by_kind={k: round(sum(v) / len(v), 4) for k, v in sorted(kinds.items())},
+                wall_s=round(report.wall_time_s, 1),
             )
-            report, rows = await evaluate(reasoner, items, options, loader, concurrency=concurrency)
-            checks = []
-            for call in vision.take():
-                user = call.request.messages[-1].text_content
-                sub = template_field(prompts, "vision", "sub_question", user)
-                if call.result is None or sub is None:
-                    continue
-                fact = sha_facts.get(call.request.images[0].sha256, ImageFacts())
-                checks.append(_perception_correct(call.result.text, sub, fact))
-            checked = [c for c in checks if c is not None]
-            kinds: dict[str, list[bool]] = {}
-            for item, row in zip(items, rows, strict=True):
-                parsed = parse_question(item.question)
-                kind = "other" if parsed is None else (
-                    f"{parsed.kind}-{parsed.attribute}" + ("-neg" if parsed.negated else "")
-                )  # fmt: skip
-                kinds.setdefault(kind, []).append(row.verdict == "correct")
-            n = report.n
-            reports.append(
-                DemoEval(
-                    method=method,
-                    n=n,
-                    accuracy=report.accuracy,
-                    solved_rate=report.stop_reasons.get("solved", 0) / n if n else 0.0,
-                    parse_failures=sum(r.parse_failures for r in rows),
-                    parse_failure_rate=report.parse_failures_per_question,
-                    perception_calls=len(checked),
-                    perception_accuracy=sum(checked) / len(checked) if checked else None,
-                    stop_reasons=report.stop_reasons,
-                    by_kind={k: round(sum(v) / len(v), 4) for k, v in sorted(kinds.items())},
-                    wall_s=round(report.wall_time_s, 1),
-                )
-            )
-            logger.info("%s", reports[-1])
-    finally:
-        await loader.aclose()
-        await close_models(opened)
+        )
+        logger.info("%s", reports[-1])
     return reports
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m evals.demo {data,build,eval}`` (experiments; the CLI wires its own)."""
+    """``python -m evals.demo {data,build}`` (experiments; ``proreason build-demo`` and
+    ``proreason demo-report`` are the user-facing commands)."""
     parser = argparse.ArgumentParser(prog="python -m evals.demo")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_data = sub.add_parser("data", help="write the demo training records (JSONL)")
@@ -824,18 +808,6 @@ def main(argv: list[str] | None = None) -> int:
     p_build.add_argument("--serial", action="store_true", help="train one model after the other")
     p_build.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                          help="override DemoSpec fields")  # fmt: skip
-    p_eval = sub.add_parser("eval", help="evaluate the demo models on the easy-VQA test split")
-    p_eval.add_argument("--dir", type=Path, default=None, help="model folder (default: profile)")
-    p_eval.add_argument("--profile", default="demo")
-    p_eval.add_argument("--limit", type=int, default=300, help="0: the whole test split")
-    p_eval.add_argument("--seed", type=int, default=0)
-    p_eval.add_argument("--methods", nargs="*", default=["proreason", "direct", "cot"])
-    p_eval.add_argument("--out", type=Path, default=None)
-    p_eval.add_argument(
-        "--oracle-vision",
-        action="store_true",
-        help="a perfect vision expert instead of the LVLM (text LM alone)",
-    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("httpx", "agents", "models.transformers_backend", "models.batcher"):
@@ -853,21 +825,6 @@ def main(argv: list[str] | None = None) -> int:
         folders = build_demo(args.out, spec, force=args.force, parallel=not args.serial)
         took = time.perf_counter() - started
         print(json.dumps({k: str(v) for k, v in folders.items()}), f"{took:.0f}s")
-    else:
-        folders = None
-        if args.dir is not None:
-            root = args.dir.expanduser()
-            folders = {"vision": root / "vision", "text": root / "text"}
-        reports = asyncio.run(
-            evaluate_demo(
-                folders, profile=args.profile, limit=args.limit or None, seed=args.seed,
-                methods=tuple(args.methods), oracle_vision=args.oracle_vision,
-            )
-        )  # fmt: skip
-        payload = [asdict(r) for r in reports]
-        print(json.dumps(payload, indent=2))
-        if args.out:
-            args.out.write_text(json.dumps(payload, indent=2))
     return 0
 
 

@@ -35,12 +35,11 @@ from agents import ModelSet, Question, Reasoner, RunOptions, RunResult
 from evals.datasets import EvalItem
 from evals.scoring import score_choice, score_open
 from models.base import ModelBackend
+from models.records import ImageRefs, message_dicts
 from models.types import (
     GenerationRequest,
     GenerationResult,
     ImageInput,
-    ImagePart,
-    Message,
     StreamDelta,
 )
 
@@ -130,38 +129,6 @@ class RecordingBackend(ModelBackend):
 
 
 # ------------------------------------------------------------------------------ serialisation
-
-ImageRefs = dict[str, dict[str, Any]]  # ImageInput.sha256 -> {"path": ..., "image_id": ...}
-
-
-def message_dicts(messages: Sequence[Message], image_refs: ImageRefs | None = None) -> list[dict]:
-    """Messages as JSON: parts in order; an image as a reference (path / image id / sha256)."""
-    refs = image_refs or {}
-    out = []
-    for message in messages:
-        parts: list[dict[str, Any]] = []
-        for part in message.content:
-            if isinstance(part, ImagePart):
-                parts.append({"type": "image", **refs.get(part.image.sha256, {}),
-                              "sha256": part.image.sha256})  # fmt: skip
-            else:
-                parts.append({"type": "text", "text": part.text})
-        out.append({"role": message.role, "content": parts})
-    return out
-
-
-def message_text(message: dict[str, Any]) -> str:
-    """The text of a recorded message (its text parts joined, as the text backends render it)."""
-    content = message["content"]
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content if p.get("type") == "text")
-
-
-def message_images(message: dict[str, Any]) -> list[dict[str, Any]]:
-    content = message["content"]
-    return [] if isinstance(content, str) else [p for p in content if p.get("type") == "image"]
-
 
 def records_for_run(
     calls: Iterable[RecordedCall],

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evals.trajectories import message_images, message_text
+from models.records import message_images, message_text
 
 logger = logging.getLogger(__name__)
 

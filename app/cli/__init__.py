@@ -162,12 +162,77 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true", help="rebuild even if present")
     t.set_defaults(func=build_tiny)
 
+    _add_demo_commands(sub)
+
     p = sub.add_parser("profiles", help="list the configuration profiles")
     p.set_defaults(func=profiles)
 
     # dispatched in main() before parsing; listed here for --help
     sub.add_parser("bench", help="run a benchmark (proreason bench --help lists them)")
     return parser
+
+
+def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
+    from app.cli.demo import build_demo, demo_report, distill, trajectories
+
+    j = sub.add_parser(
+        "trajectories",
+        help="record every role call of real runs as chat-format SFT records (JSONL)",
+        description="Run a method over a dataset with the profile's models and write one record "
+        "per role call (the exact messages, the reply, the role, the item, solved, correct): "
+        "docs/trajectories.md.",
+    )
+    _with_profile(j)
+    j.add_argument("--out", required=True, metavar="FILE", help="the JSONL file to write")
+    j.add_argument("--dataset", default="easy-vqa", help="'easy-vqa' or a JSONL file")
+    j.add_argument("--split", default="train", help="easy-vqa split: train or test")
+    j.add_argument("--limit", type=int, default=100, help="seeded random sample size")
+    j.add_argument("--seed", type=int, default=0, help="the sample's random seed")
+    j.add_argument("--method", choices=METHODS, help="default: the profile's")
+    _with_run_options(j)
+    j.add_argument("--concurrency", type=int, default=8, help="questions in flight")
+    j.add_argument("--solved-only", action="store_true", help="keep runs that ended 'solved'")
+    j.add_argument("--correct-only", action="store_true", help="keep runs answered correctly")
+    j.set_defaults(func=lambda args: asyncio.run(trajectories(args)))
+
+    d = sub.add_parser(
+        "distill",
+        help="fine-tune a text model on trajectory records (full, or LoRA with --lora)",
+    )
+    d.add_argument("records", help="a JSONL file from `proreason trajectories`")
+    d.add_argument("--model", required=True, help="a local model folder (transformers)")
+    d.add_argument("--out", required=True, help="where the fine-tuned model goes")
+    d.add_argument("--role", action="append", help="train on these roles only (repeat)")
+    d.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    d.add_argument("--batch-size", type=int, default=16, help="records per step")
+    d.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    d.add_argument("--lora", action="store_true", help="train LoRA adapters (PEFT), merged on save")
+    d.set_defaults(func=distill)
+
+    b = sub.add_parser(
+        "build-demo",
+        help="train the offline demo models (an LVLM and a text LM on easy-VQA; ~15 min on CPU)",
+    )
+    b.add_argument(
+        "dir",
+        nargs="?",
+        default="~/.cache/proreason/demo",
+        help="where to write them (the demo profile reads ~/.cache/proreason/demo)",
+    )
+    b.add_argument("--force", action="store_true", help="rebuild even if present")
+    b.set_defaults(func=build_demo)
+
+    r = sub.add_parser(
+        "demo-report", help="the demo models on easy-VQA test: accuracy, solved, perception"
+    )
+    _with_profile(r)
+    r.add_argument("--limit", type=int, default=300, help="test questions (0: all 9,673)")
+    r.add_argument("--seed", type=int, default=0, help="the sample's random seed")
+    r.add_argument(
+        "--method", action="append", choices=METHODS, help="repeat; default: proreason, direct, cot"
+    )
+    r.add_argument("--out", metavar="FILE", help="also write the figures as JSON")
+    r.set_defaults(func=lambda args: asyncio.run(demo_report(args)), profile="demo")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from evals.trajectories import (
     write_records,
 )
 from models.base import ModelBackend
+from models.special_tokens import SpecialTokenGuard
 from models.types import GenerationRequest, GenerationResult, ImageInput
 from tests.fakes.roles import DEFAULT_SCRIPT, role_of
 
@@ -273,7 +274,8 @@ def test_training_renders_prompts_like_the_backend(demo_build: dict) -> None:
         )
         for m in record["messages"]
     )
-    lm = SimpleNamespace(processor=processor, tokenizer=processor.tokenizer)
+    guard = SpecialTokenGuard.for_tokenizer(processor.tokenizer, processor)
+    lm = SimpleNamespace(processor=processor, tokenizer=processor.tokenizer, guard=guard)
     rendered = TransformersBackend._render(None, lm, messages)  # type: ignore[arg-type]
     assert rendered == render_prompt(record, processor, vision=True)
     expansion, _ = image_expansion_of(processor, image.image)
