@@ -40,7 +40,8 @@ RUN pip install --no-deps .
 
 # ---------------------------------------------------------------------------------------------
 # gpu: in-process vLLM (backend: vllm, profile vllm-inprocess) on vLLM's own CUDA image.
-# Only built on request (--target gpu, or the compose profile "inprocess").
+# Only built on request (--target gpu, or the compose profile "inprocess"). Binds 0.0.0.0: needs
+# PROREASON_SERVER__API_KEYS (or PROREASON_SERVER__ALLOW_UNAUTHENTICATED=true), as the service stage.
 FROM vllm/vllm-openai:${VLLM_TAG} AS gpu
 
 WORKDIR /app
@@ -83,6 +84,8 @@ WORKDIR /app
 # PROREASON_MODELS__VISION__BASE_URL, ..._MODEL, PROREASON_MODELS__TEXT__...). To use your own
 # profile file, mount it and point at it: -v ./my.yaml:/config/profile.yaml:ro
 # -e PROREASON_PROFILE=/config/profile.yaml
+# It binds 0.0.0.0, so it refuses to start without API keys: -e PROREASON_SERVER__API_KEYS=k1,k2
+# (or, behind an authenticating proxy, -e PROREASON_SERVER__ALLOW_UNAUTHENTICATED=true).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

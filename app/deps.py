@@ -71,4 +71,25 @@ async def require_api_key(
         raise Unauthorized("invalid API key")
 
 
+async def require_metrics_access(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """/metrics: an API key or ``server.metrics_token`` (Prometheus needs no client key); open
+    when neither is configured. The metrics token opens nothing else."""
+    server = settings.server
+    keys = [k.get_secret_value() for k in server.api_keys]
+    if server.metrics_token is not None:
+        keys.append(server.metrics_token.get_secret_value())
+    if not keys:
+        return
+    if credentials is None:
+        raise Unauthorized(
+            "missing credentials: send 'Authorization: Bearer <API key or metrics token>'"
+        )
+    if not key_matches(credentials.credentials, keys):
+        raise Unauthorized("invalid API key or metrics token")
+
+
 Authorized = Depends(require_api_key)
+MetricsAuthorized = Depends(require_metrics_access)

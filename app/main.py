@@ -62,6 +62,12 @@ def create_app(
         media = MediaLoader(settings.media, client=media_client)
         app.state.media = media
         app.state.runner = Runner(settings=settings, models=model_set, metrics=metrics)
+        if settings.server.open_to_network:  # only with server.allow_unauthenticated
+            log.warning(
+                "serving without authentication on a non-loopback host "
+                "(server.allow_unauthenticated is true, server.api_keys is empty)",
+                extra={"host": settings.server.host},
+            )
         log.info("service ready", extra={"profile": settings.profile})
         try:
             yield

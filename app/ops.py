@@ -1,7 +1,8 @@
 """Operations: liveness, readiness, metrics, and the pipeline list.
 
-``/health`` and ``/ready`` are always open (probes); ``/metrics`` and ``/v1/models`` need the API
-key when keys are configured (Prometheus: ``authorization: {credentials: <key>}``).
+``/health`` and ``/ready`` are always open (probes); ``/v1/models`` needs an API key when keys are
+configured; ``/metrics`` takes an API key or ``server.metrics_token`` (Prometheus:
+``authorization: {credentials: <metrics token>}``), and is open when neither is configured.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from agents.types import Method, Mode
-from app.deps import Authorized, MetricsDep, RunnerDep, SettingsDep
+from app.deps import Authorized, MetricsAuthorized, MetricsDep, RunnerDep, SettingsDep
 from app.openapi import error_responses
 from app.pipelines import ModelNotFound, Pipeline, pipelines
 
@@ -69,7 +70,7 @@ async def ready(runner: RunnerDep) -> JSONResponse:
 
 @router.get(
     "/metrics",
-    dependencies=[Authorized],
+    dependencies=[MetricsAuthorized],
     responses={
         200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
         **error_responses(401),

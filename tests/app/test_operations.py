@@ -67,6 +67,44 @@ def test_openai_client_with_and_without_the_key(keyed: TestClient) -> None:
         bad.models.list()
 
 
+def test_metrics_token_opens_metrics_and_nothing_else(models: ModelSet) -> None:
+    server = {"api_keys": "key-one", "metrics_token": "scrape-me"}
+    with TestClient(create_app(make_settings(server=server), models=models)) as c:
+        scrape = {"Authorization": "Bearer scrape-me"}
+        r = c.get("/metrics", headers=scrape)
+        assert r.status_code == 200 and "text/plain" in r.headers["content-type"]
+        assert c.get("/metrics", headers={"Authorization": "Bearer key-one"}).status_code == 200
+        assert c.get("/metrics").status_code == 401
+        wrong = c.get("/metrics", headers={"Authorization": "Bearer scrape-me-not"})
+        assert wrong.status_code == 401
+        assert c.get("/v1/models", headers=scrape).status_code == 401
+        body = {"question": "What is 2 + 2?"}
+        assert c.post("/v1/reason", json=body, headers=scrape).status_code == 401
+
+
+def test_metrics_token_alone_protects_only_metrics(models: ModelSet) -> None:
+    with TestClient(
+        create_app(make_settings(server={"metrics_token": "scrape-me"}), models=models)
+    ) as c:
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/metrics", headers={"Authorization": "Bearer scrape-me"}).status_code == 200
+        assert c.get("/v1/models").status_code == 200  # no API keys: the API stays open
+
+
+def test_metrics_open_without_keys_or_token(client: TestClient) -> None:
+    assert client.get("/metrics").status_code == 200
+
+
+def test_metrics_token_is_a_secret_and_env_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROREASON_SERVER__METRICS_TOKEN", "from-env")
+    settings = make_settings()
+    assert settings.server.metrics_token is not None
+    assert settings.server.metrics_token.get_secret_value() == "from-env"
+    assert "from-env" not in repr(settings)
+    monkeypatch.setenv("PROREASON_SERVER__METRICS_TOKEN", "")
+    assert make_settings().server.metrics_token is None
+
+
 # --------------------------------------------------------------------------- request ids and logs
 
 

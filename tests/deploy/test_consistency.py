@@ -9,15 +9,18 @@ import re
 from urllib.parse import urlsplit
 
 import pytest
+from pydantic import ValidationError
 
-from app.settings import Settings
+from app.settings import Settings, unknown_env_vars
 from models.config import BackendConfig
 from tests.deploy.conftest import COMBINATIONS
 from tests.deploy.helpers import (
     COMPOSE,
     DOCUMENTED_APP_PATHS,
     ENV_PREFIX,
+    ROOT,
     SETTINGS_LOCATOR_VARS,
+    TEST_SECRETS,
     dockerfile_stages,
     healthcheck_command,
     nginx_directives,
@@ -29,6 +32,8 @@ from tests.deploy.helpers import (
 
 #: app service -> Dockerfile stage it runs
 APP_SERVICES = {"app": "service", "app-replica": "service", "app-inprocess": "gpu"}
+#: the API keys docker compose passes to every app service (from .env's API_KEYS)
+TEST_KEYS = TEST_SECRETS["API_KEYS"]
 #: the app's model role -> the compose service that serves it
 UPSTREAMS = {"vision": "vlm", "text": "llm"}
 
@@ -61,6 +66,7 @@ def test_env_names_are_settings_fields(rendered, files, profiles):
             and settings_field_for(name, Settings) is None
         ]
         assert unknown == [], f"{service}: no such settings field for {unknown}"
+        assert unknown_env_vars(env) == {}, "the app itself would refuse to start"
 
 
 @pytest.mark.parametrize(("files", "profiles"), COMBINATIONS)
@@ -98,6 +104,8 @@ def test_inprocess_app_settings(rendered, container_settings, files, profiles):
     cfg = rendered(files, profiles)
     svc = cfg.services["app-inprocess"]
     settings = container_settings("gpu", svc["environment"])
+    assert settings.server.host == "0.0.0.0"
+    assert settings.server.api_keys, "the published app must require API keys"
     assert settings.models.vision.backend == "vllm"
     assert settings.models.text is not None and settings.models.text.backend == "vllm"
     fractions = [
@@ -172,6 +180,23 @@ def test_dockerfile_healthcheck_hits_a_real_route(container_settings):
         assert path == "/health", "the container healthcheck is liveness"
         assert _app_get(path) == 200, f"{stage.name}: GET {path} fails on the app"
         assert port_var == "PROREASON_SERVER__PORT", "the probe must follow the app's port"
-        settings = container_settings(stage.name, {})
+        # the key every compose service passes (PROREASON_SERVER__API_KEYS from API_KEYS): the
+        # image binds 0.0.0.0 and refuses to start without one (test below)
+        settings = container_settings(stage.name, {"PROREASON_SERVER__API_KEYS": TEST_KEYS})
         assert int(stage.env()[port_var]) == settings.server.port
         assert settings.server.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("stage", sorted(set(APP_SERVICES.values())))
+def test_image_without_api_keys_refuses_to_start(container_settings, stage):
+    """`docker run proreason` with neither keys nor the explicit opt-out fails in one line that
+    says what to set; the opt-out documented in docker/README.md starts it."""
+    with pytest.raises(ValidationError) as info:
+        container_settings(stage, {})
+    (error,) = info.value.errors()
+    assert error["loc"] == ("server",)
+    assert "server.api_keys" in error["msg"] and "PROREASON_SERVER__API_KEYS" in error["msg"]
+    assert "server.allow_unauthenticated" in error["msg"]
+    opted = container_settings(stage, {"PROREASON_SERVER__ALLOW_UNAUTHENTICATED": "true"})
+    assert opted.server.host == "0.0.0.0" and opted.server.open_to_network
+    assert "PROREASON_SERVER__ALLOW_UNAUTHENTICATED=true" in (ROOT / "docker/README.md").read_text()
