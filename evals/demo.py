@@ -179,7 +179,9 @@ async def _drill_records(
         image = load_image(Path(path))
         oracle = RecordingBackend(OracleBackend("what shape is in the image?", fact, prompts))
         question = Question(text="(perception drill)", images=(image,))
-        ctx = RunContext(question, RunOptions(), ModelSet(vision=oracle), prompts, config)
+        models = ModelSet(vision=oracle)
+        job = Reasoner(models, config, prompts=prompts).prepare(question, RunOptions(mode="pure"))
+        ctx = RunContext(job, models, prompts, config)
         for sub in subs:
             messages = ctx.messages("vision", oracle, images=(image,), sub_question=sub)
             result = await oracle.generate(
