@@ -13,6 +13,7 @@ envelope, and its streaming twin.
     ModelRejected                    502     upstream_error          model_rejected
       ... the request is too long    400     invalid_request_error   context_length_exceeded
     ModelUnavailable, ModelLoadError 503     upstream_error          model_unavailable / ...
+      (CircuitOpen, ModelOverloaded: Retry-After from the error, else 5)
     ModelTimeout                     504     upstream_error          model_timeout
     request validation (pydantic)    400     invalid_request_error   invalid_value / json_invalid
     anything else                    500     server_error            internal_error (logged)

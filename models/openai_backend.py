@@ -26,6 +26,14 @@
   carries it, so a consistent-hash balancer keeps the run on one server and its prefix cache;
   vLLM 0.33 reads the same header as the request's ``session_id``,
   ``entrypoints/generate/base/serving.py`` ``SESSION_ID_HEADER``).
+- Answers are read as a stream with a cap (``max_response_bytes``; SSE: total bytes and
+  ``max_stream_line_bytes`` per line): a larger one fails the call (``ModelError``), unbuffered.
+- A circuit breaker per upstream (``models.http_retry.CircuitBreaker``): after
+  ``breaker_failures`` consecutive connection failures / 5xx, calls raise ``CircuitOpen`` at once
+  for ``breaker_cooldown_s``, then one call probes; ``health()`` is False meanwhile.
+- Messages name the model, never ``base_url`` (scrubbed from upstream text too); the address and
+  raw upstream text go to ``error.detail``, which only the log shows. ``health()`` also needs
+  ``/models`` to list the configured model.
 - A 400 about the prompt's size -> ``ContextLengthExceeded``; 429/503 still there after the
   retries -> ``ModelOverloaded`` (with the upstream's ``Retry-After``). A failed finish reason
   (``error``, ``abort``, ``content_filter``) raises (``models.types.map_finish_reason``).
