@@ -19,7 +19,9 @@ autoregressive model decides as it writes and vLLM's structured output follows t
 property order. The ``reference`` prompt set uses the authors' text protocol instead (no schema).
 
 Cost: 4 calls when solved in round 1, 3 more per extra round, 25 at most with 8 rounds.
-A ModelError from the summarizer or the fallback (the final answer) fails the run.
+A ModelError from the summarizer or the fallback (the final answer) fails the run; so does, from
+any call, ``ModelUnavailable`` (the model is down or its circuit breaker open) or
+``ContextLengthExceeded`` (every round would be refused alike): no round is spent on those.
 
 Parallel perception (opt-in): the dispatcher may ask up to ``max_parallel_questions`` visual
 sub-questions in one decision; they run concurrently (one batch for the backend), each answer is a
@@ -116,6 +118,7 @@ async def run_proreason(ctx: RunContext) -> AsyncIterator[Step]:
         step = await _dispatch(ctx, rnd, last_expert)
         decision = None if step.error else _read_dispatch(ctx, step)
         yield step  # steps are yielded complete: parsed, annotated, remembered
+        ctx.raise_if_fatal(step)
         if decision is None:
             continue  # failed call, unreadable decision or unknown expert: round spent
 
@@ -124,11 +127,13 @@ async def run_proreason(ctx: RunContext) -> AsyncIterator[Step]:
             async for vstep in _perceive(ctx, rnd, decision.questions):
                 added += _remember(ctx, vstep, "vision", vstep.output)
                 yield vstep
+                ctx.raise_if_fatal(vstep)
         else:
             istep = await _insight(ctx, rnd, decision.question)
             if not istep.error:
                 added += _remember(ctx, istep, "insight", _insight_conclusion(ctx, istep))
             yield istep
+            ctx.raise_if_fatal(istep)
         if not added:
             continue  # the expert call failed or said nothing: round spent
         last_expert = decision.expert
@@ -139,6 +144,7 @@ async def run_proreason(ctx: RunContext) -> AsyncIterator[Step]:
             ctx.memory.add("referee", verdict.reasoning, round=rnd)
             rstep.memory_entry = verdict.reasoning
         yield rstep
+        ctx.raise_if_fatal(rstep)
         if verdict is None or not verdict.solvable:
             continue
         sstep = await _summarize(ctx, rnd)

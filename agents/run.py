@@ -3,7 +3,9 @@
 Every model call goes through :meth:`RunContext.call` (or :meth:`RunContext.execute`): it measures
 the call, records output and usage on a :class:`~agents.types.Step`, and turns a ``ModelError`` into
 ``Step.error`` (the caller decides whether that spends a round or fails the run, see
-:meth:`RunContext.raise_if_failed`). ``asyncio.CancelledError`` and bugs are never caught.
+:meth:`RunContext.raise_if_failed`; :meth:`RunContext.raise_if_fatal` fails it for an unavailable
+model or a prompt too large for it, which no further round would get past).
+``asyncio.CancelledError`` and bugs are never caught.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from agents.memory import Fitted, Memory, clip_text, fit_lines
 from agents.prompts import PromptSet
 from agents.types import Job, ModelSet, Step, StopReason
 from models.base import ModelBackend
-from models.errors import ModelError
+from models.errors import ContextLengthExceeded, ModelError, ModelUnavailable
 from models.types import GenerationRequest, ImageInput, Message, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,14 @@ class RunContext:
         """Re-raise the ModelError of a call whose failure must fail the run."""
         error = self._errors.get(step.index)
         if error is not None:
+            raise error
+
+    def raise_if_fatal(self, step: Step) -> None:
+        """Re-raise a failure no further round can get past: the model is unavailable (down
+        after the backend's retries, or its circuit breaker open) or the prompt is too large
+        for it (deterministic: every round would be refused the same way)."""
+        error = self._errors.get(step.index)
+        if isinstance(error, ModelUnavailable | ContextLengthExceeded):
             raise error
 
     # --------------------------------------------------------------------------- prompt building

@@ -13,6 +13,7 @@ envelope, and its streaming twin.
     ModelRejected                    502     upstream_error          model_rejected
       ... the request is too long    400     invalid_request_error   context_length_exceeded
     ModelUnavailable, ModelLoadError 503     upstream_error          model_unavailable / ...
+      (CircuitOpen, ModelOverloaded: Retry-After from the error, else 5)
     ModelTimeout                     504     upstream_error          model_timeout
     request validation (pydantic)    400     invalid_request_error   invalid_value / json_invalid
     anything else                    500     server_error            internal_error (logged)
@@ -42,6 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agents.types import Step
 from app.schemas import StepOut
 from models.errors import (
+    CircuitOpen,
     ContextLengthExceeded,
     InvalidRequest,
     ModelError,
@@ -166,7 +168,7 @@ def _describe_own(exc: ProReasonError) -> ErrorInfo:
     if isinstance(exc, DeadlineExceeded):
         info = ErrorInfo(504, "timeout_error", exc.code, msg, param)
         steps = [StepOut.model_validate(s, from_attributes=True) for s in exc.steps]
-        info.extra["steps"] = [s.model_dump(mode="json") for s in steps]
+        info.extra["steps"] = [_capped(s.model_dump(mode="json")) for s in steps]
         return info
     if isinstance(exc, ModelRejected):
         if (
@@ -180,11 +182,26 @@ def _describe_own(exc: ProReasonError) -> ErrorInfo:
     if isinstance(exc, ModelTimeout):
         return ErrorInfo(504, "upstream_error", exc.code, msg, param)
     if isinstance(exc, ModelUnavailable | ModelLoadError | ServiceStarting):
-        retry = str(max(1, round(exc.retry_after_s))) if isinstance(exc, ModelOverloaded) else "5"
+        waits = isinstance(exc, ModelOverloaded | CircuitOpen)
+        retry = str(max(1, round(exc.retry_after_s))) if waits else "5"
         return ErrorInfo(503, "upstream_error", exc.code, msg, param, {"Retry-After": retry})
     if isinstance(exc, ModelError):
         return ErrorInfo(502, "upstream_error", exc.code, msg, param)
     return ErrorInfo(500, "server_error", exc.code, msg, param)
+
+
+#: the most of each text field of a step an error body carries (a 504 lists every step done)
+STEP_TEXT_CHARS = 2000
+
+
+def _capped(step: dict[str, Any]) -> dict[str, Any]:
+    """A step for an error body: long texts (a model that wrote megabytes) cut, marked so."""
+    for name in ("output", "memory_entry", "error", "parse_error", "sub_question"):
+        value = step.get(name)
+        if isinstance(value, str) and len(value) > STEP_TEXT_CHARS:
+            cut = len(value) - STEP_TEXT_CHARS
+            step[name] = value[:STEP_TEXT_CHARS] + f"... [{cut} more characters]"
+    return step
 
 
 def _describe_http(exc: StarletteHTTPException) -> ErrorInfo:
@@ -282,7 +299,10 @@ def log_failure(exc: BaseException, info: ErrorInfo, request_id: str | None) -> 
         return
     if isinstance(exc, ProReasonError):
         extra = {"request_id": request_id, "status": info.status, "code": info.code}
-        log.warning("request failed: %s", info.message, extra=extra)
+        if exc.detail:  # upstream address / body: for the log only
+            log.warning("request failed: %s (%s)", info.message, exc.detail, extra=extra)
+        else:
+            log.warning("request failed: %s", info.message, extra=extra)
     else:
         log_unexpected(exc, request_id)
 

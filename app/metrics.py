@@ -6,6 +6,8 @@ with role, backend, latency and token usage.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -91,6 +93,22 @@ class Metrics:
             ["role", "backend", "kind"],
             registry=r,
         )
+
+        self.circuit_open = Gauge(
+            "proreason_upstream_circuit_open",
+            "an HTTP model upstream's circuit breaker, by role: 0 closed, 1 open, 0.5 half-open",
+            ["role"],
+            registry=r,
+        )
+
+    def watch_circuits(self, backends: Mapping[str, object]) -> None:
+        """Export the breaker state of every backend that has one (``circuit_state``), read at
+        scrape time."""
+        values = {"closed": 0.0, "half_open": 0.5, "open": 1.0}
+        for role, backend in backends.items():
+            if isinstance(getattr(backend, "circuit_state", None), str):
+                child = self.circuit_open.labels(role)
+                child.set_function(lambda b=backend: values.get(b.circuit_state, 1.0))
 
     def observe_step(self, step: Step) -> None:
         outcome = "error" if step.error else "parse_error" if step.parse_error else "ok"

@@ -113,6 +113,7 @@ class Runner:
         self.metrics = metrics
         self.reasoner = Reasoner(models, settings.agent)
         self.admission = Admission(settings.server.max_in_flight, metrics)
+        metrics.watch_circuits({"vision": models.vision, "text": models.text})
 
     # ----------------------------------------------------------------- the request's life
 

@@ -28,6 +28,16 @@ class BackendConfig(BaseModel):
     retry_backoff_s: float = 0.5
     #: concurrent requests to this upstream; set near vLLM's --max-num-seqs
     max_concurrency: int = 64
+    #: largest answer body read from this upstream (bytes, after decompression); a larger one
+    #: fails that call (model_error) instead of being buffered and parsed. Streams: total bytes
+    max_response_bytes: int = Field(1_048_576, ge=1024)
+    #: longest single line of an SSE stream from this upstream (bytes)
+    max_stream_line_bytes: int = Field(262_144, ge=256)
+    #: circuit breaker: after this many consecutive connection failures / 5xx the upstream is
+    #: not called for ``breaker_cooldown_s`` (calls fail at once with 503); then one probe call
+    #: decides. 0: no breaker
+    breaker_failures: int = Field(5, ge=0)
+    breaker_cooldown_s: float = Field(10.0, gt=0)
     #: send response_format=json_schema when the agents ask for structured output
     structured_output: bool = True
     #: give each image part its sha256 as ``uuid`` (vLLM's media id: an image it has seen is not

@@ -6,7 +6,8 @@
     │   └── NotFound               unknown model / pipeline / route target
     └── ModelError                 a model backend failed                                   (5xx)
         ├── ModelUnavailable       cannot reach / load the model (connection, 5xx after retries)
-        │   └── ModelOverloaded    up, but refusing new work for now; carries ``retry_after_s``
+        │   ├── ModelOverloaded    up, but refusing new work for now; carries ``retry_after_s``
+        │   └── CircuitOpen        an upstream's breaker is open: not called; ``retry_after_s``
         ├── ModelTimeout           the model did not answer in time
         ├── ModelRejected          the model server refused this request (its 4xx)
         │   └── ContextLengthExceeded  ... because it is too large for the model (client's 400)
@@ -25,6 +26,8 @@ import re
 
 class ProReasonError(Exception):
     code: str = "internal_error"
+    #: server-side detail (upstream address, upstream body excerpt): logged, never sent to clients
+    detail: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -61,6 +64,15 @@ class ModelOverloaded(ModelUnavailable):
     ``MaxQueuedTokensError`` (``--max-num-queued-reqs`` / ``-tokens``), ``RetryableRequestError``
     (a paused engine), or HTTP 429/503 that outlived the retries. Retry after ``retry_after_s``.
     Same ``code`` as its base: on the wire it is the 503 it always was, now with a Retry-After."""
+
+    def __init__(self, message: str, *, retry_after_s: float = DEFAULT_RETRY_AFTER_S) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class CircuitOpen(ModelUnavailable):
+    """An upstream failed repeatedly (connection errors / 5xx) and is not being called for a
+    cool-down: calls fail at once instead of waiting for retries. Same ``code`` as its base."""
 
     def __init__(self, message: str, *, retry_after_s: float = DEFAULT_RETRY_AFTER_S) -> None:
         super().__init__(message)

@@ -14,7 +14,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 #: longest wait we accept from a Retry-After header (an upstream asking for more is capped)
@@ -121,3 +121,67 @@ def _plain_text(text: str) -> str:
     if re.match(r"\s*<(!doctype|html|head|body|h1|p|center)\b", text, re.IGNORECASE):
         text = _TAG.sub(" ", text)
     return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------- circuit breaker
+class CircuitBreaker:
+    """Consecutive-failure breaker for one upstream (one event loop; no locking needed).
+
+    closed: calls go through; ``failure()`` counts consecutive connection failures / 5xx, and at
+    ``threshold`` the breaker opens. open: ``before_call()`` returns the seconds left of the
+    cool-down (the caller fails at once). After the cool-down one call goes through (half-open):
+    its ``success()`` closes the breaker, its ``failure()`` opens it again for another cool-down;
+    ``neutral()`` (cancelled, 429, timeout: no verdict) lets the next call probe instead.
+    ``threshold == 0`` disables it.
+    """
+
+    def __init__(
+        self, threshold: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self.failures = 0
+        self._opened_at: float | None = None
+        self._probing = False
+
+    @property
+    def state(self) -> str:
+        if self._opened_at is None:
+            return "closed"
+        if self._probing or self._clock() - self._opened_at >= self.cooldown_s:
+            return "half_open"
+        return "open"
+
+    @property
+    def is_open(self) -> bool:
+        """Open (cool-down running) or half-open (a probe decides): not healthy."""
+        return self._opened_at is not None
+
+    def before_call(self) -> float | None:
+        """None: go ahead (maybe as the half-open probe); else seconds until a call may probe."""
+        if self._opened_at is None:
+            return None
+        left = self._opened_at + self.cooldown_s - self._clock()
+        if left > 0:
+            return left
+        if self._probing:
+            return min(1.0, self.cooldown_s)  # another call is probing right now
+        self._probing = True
+        return None
+
+    def success(self) -> None:
+        self.failures = 0
+        self._opened_at = None
+        self._probing = False
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.threshold <= 0:
+            return
+        if self._probing or self.failures >= self.threshold:
+            self._opened_at = self._clock()
+            self._probing = False
+
+    def neutral(self) -> None:
+        self._probing = False

@@ -26,6 +26,14 @@
   carries it, so a consistent-hash balancer keeps the run on one server and its prefix cache;
   vLLM 0.33 reads the same header as the request's ``session_id``,
   ``entrypoints/generate/base/serving.py`` ``SESSION_ID_HEADER``).
+- Answers are read as a stream with a cap (``max_response_bytes``; SSE: total bytes and
+  ``max_stream_line_bytes`` per line): a larger one fails the call (``ModelError``), unbuffered.
+- A circuit breaker per upstream (``models.http_retry.CircuitBreaker``): after
+  ``breaker_failures`` consecutive connection failures / 5xx, calls raise ``CircuitOpen`` at once
+  for ``breaker_cooldown_s``, then one call probes; ``health()`` is False meanwhile.
+- Messages name the model, never ``base_url`` (scrubbed from upstream text too); the address and
+  raw upstream text go to ``error.detail``, which only the log shows. ``health()`` also needs
+  ``/models`` to list the configured model.
 - A 400 about the prompt's size -> ``ContextLengthExceeded``; 429/503 still there after the
   retries -> ``ModelOverloaded`` (with the upstream's ``Retry-After``). A failed finish reason
   (``error``, ``abort``, ``content_filter``) raises (``models.types.map_finish_reason``).
@@ -34,6 +42,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json
 import logging
@@ -47,6 +56,7 @@ import httpx
 from models.base import ModelBackend
 from models.config import BackendConfig
 from models.errors import (
+    CircuitOpen,
     ContextLengthExceeded,
     ModelError,
     ModelLoadError,
@@ -57,6 +67,7 @@ from models.errors import (
     is_context_length_error,
 )
 from models.http_retry import (
+    CircuitBreaker,
     backoff_delay,
     error_message,
     error_param,
@@ -83,6 +94,12 @@ HEALTH_TIMEOUT_S = 5.0
 #: the header that names the question (run) a call belongs to; vLLM 0.33 reads it as the
 #: request's session id, and consistent-hash balancers can key on it
 SESSION_ID_HEADER = "X-Session-ID"
+#: at most this much of an error body is read
+ERROR_BODY_BYTES = 65_536
+#: a non-JSON error body longer than this (after HTML is stripped) is not shown to clients
+PUBLIC_TEXT_CHARS = 100
+#: answers larger than this are parsed in a worker thread
+OFF_LOOP_JSON_BYTES = 131_072
 
 
 # Connection-level failures worth another attempt (the request did not reach a model, or the
@@ -217,30 +234,81 @@ def parse_completion(data: Any, default_model: str) -> GenerationResult:
     )
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+class _StreamTooLarge(Exception):
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(what)
+        self.what = what
+        self.limit = limit
+
+
+async def _lines(response: httpx.Response, max_bytes: int, max_line: int) -> AsyncIterator[str]:
+    """The body's lines (``\n``, ``\r\n`` or ``\r``), at most ``max_bytes`` in all and
+    ``max_line`` per line (else _StreamTooLarge, before buffering more)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    total = 0
+    pending = ""
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > max_bytes:
+            raise _StreamTooLarge("stream", max_bytes)
+        pending += decoder.decode(chunk)
+        carry_cr = pending.endswith("\r")
+        if carry_cr:
+            pending = pending[:-1]
+        parts = pending.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        pending = parts.pop() + ("\r" if carry_cr else "")
+        for line in parts:
+            if len(line) > max_line:
+                raise _StreamTooLarge("stream line", max_line)
+            yield line
+        if len(pending) > max_line:
+            raise _StreamTooLarge("stream line", max_line)
+    pending += decoder.decode(b"", final=True)
+    if pending.rstrip("\r"):
+        yield pending.rstrip("\r")
+
+
+async def _sse_data(
+    response: httpx.Response, max_bytes: int = 1 << 20, max_line: int = 1 << 18
+) -> AsyncIterator[str]:
     """The ``data`` payload of each server-sent event (multi-line data joined with newlines)."""
     lines: list[str] = []
-    async for line in response.aiter_lines():
+    size = 0
+    async for line in _lines(response, max_bytes, max_line):
         if not line:
             if lines:
                 yield "\n".join(lines)
-                lines = []
+                lines, size = [], 0
             continue
         if line.startswith(":"):
             continue  # comment / keep-alive
         name, _, value = line.partition(":")
         if name == "data":
             lines.append(value[1:] if value.startswith(" ") else value)
+            size += len(value)
+            if size > max_line:
+                raise _StreamTooLarge("stream event", max_line)
     if lines:
         yield "\n".join(lines)
 
 
+def _is_json(content: bytes) -> bool:
+    try:
+        json.loads(content)
+    except ValueError:
+        return False
+    return True
+
+
 class _RetryableStatus(Exception):
-    def __init__(self, status_code: int, message: str, retry_after_s: float | None) -> None:
+    def __init__(
+        self, status_code: int, message: str, retry_after_s: float | None, detail: str = ""
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
         self.retry_after_s = retry_after_s
+        self.detail = detail or message
 
 
 # --------------------------------------------------------------------------- the backend
@@ -272,6 +340,13 @@ class OpenAIBackend(ModelBackend):
         self._client: httpx.AsyncClient | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._netloc = httpx.URL(base_url).netloc.decode("ascii", "replace")
+        self._breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
+
+    @property
+    def circuit_state(self) -> str:
+        """``closed`` (calls go through), ``open`` (failing fast) or ``half_open`` (probing)."""
+        return self._breaker.state
 
     # ------------------------------------------------------------------ client lifecycle
     def _ensure_client(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
@@ -338,18 +413,42 @@ class OpenAIBackend(ModelBackend):
             body.pop(name, None)
         return body
 
-    def _status_error(self, response: httpx.Response) -> Exception:
+    # ------------------------------------------------------------------ failures
+    @property
+    def label(self) -> str:
+        """How client-facing messages name this upstream: the model, never the address."""
+        return f"model {self.model!r}"
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without this upstream's address (an upstream may echo its own URL)."""
+        for secret in (self.base_url, self.config.base_url, self._netloc):
+            if secret:
+                text = text.replace(secret, "<upstream>")
+        return text
+
+    def _fail(self, error: ModelError, detail: str | None = None) -> ModelError:
+        """``error`` with its message scrubbed and the server-side detail (address, upstream
+        text) attached for the log."""
+        error.message = self._scrub(error.message)
+        error.args = (error.message,)
+        error.detail = f"{self.model} at {self.base_url}: {detail or error.message}"
+        return error
+
+    def _status_error(self, status: int, headers: httpx.Headers, content: bytes) -> Exception:
         """A non-2xx answer -> ModelRejected / ContextLengthExceeded (final) or _RetryableStatus
-        (429 / 5xx)."""
-        status = response.status_code
-        message = error_message(response.content, status)
+        (429 / 5xx). The upstream's message reaches the client from a JSON error body, or when a
+        plain-text body is one short line; any other body only reaches the log."""
+        message = error_message(content, status)
+        short = len(message) <= PUBLIC_TEXT_CHARS
+        public = message if short or _is_json(content) else f"HTTP {status} (non-JSON error body)"
+        public = self._scrub(public)
         if is_retryable_status(status):
-            return _RetryableStatus(status, message, parse_retry_after(response.headers))
-        if status in (400, 413) and is_context_length_error(message, error_param(response.content)):
-            return ContextLengthExceeded(message, status_code=status)
+            return _RetryableStatus(status, public, parse_retry_after(headers), detail=message)
+        if status in (400, 413) and is_context_length_error(message, error_param(content)):
+            return self._fail(ContextLengthExceeded(public, status_code=status), message)
         if status == 422 and "unexpected field" in message.lower():
-            message += " (list such fields in this model's omit_fields)"
-        return ModelRejected(message, status_code=status)
+            public += " (list such fields in this model's omit_fields)"
+        return self._fail(ModelRejected(public, status_code=status), message)
 
     async def _check_repeated_500(self, exc: _RetryableStatus, previous: str | None) -> str | None:
         """Raise ModelRejected when this 500 repeats the previous attempt's body and the server is
@@ -358,18 +457,24 @@ class OpenAIBackend(ModelBackend):
             return None
         # Twice: a server whose handler raised closes that connection just after its 500
         # (uvicorn), and the first probe may race it on the pooled connection.
-        if exc.message == previous and (await self.health() or await self.health()):
-            raise ModelRejected(
-                f"{self.model} at {self.base_url} failed this request twice with HTTP 500 "
-                f"while healthy (not retried further): {exc.message}",
-                status_code=500,
+        if exc.message == previous and (await self._probe() or await self._probe()):
+            self._breaker.success()  # the server is fine; this request is not
+            raise self._fail(
+                ModelRejected(
+                    f"{self.label} failed this request twice with HTTP 500 while healthy "
+                    f"(not retried further): {exc.message}",
+                    status_code=500,
+                ),
+                exc.detail,
             )
         return exc.message
 
-    def _timeout_error(self, exc: httpx.TimeoutException) -> ModelTimeout:
-        return ModelTimeout(
-            f"{self.model} at {self.base_url}: no answer within {self.config.read_timeout_s:g}s "
-            f"({type(exc).__name__})"
+    def _timeout_error(self, exc: httpx.TimeoutException) -> ModelError:
+        return self._fail(
+            ModelTimeout(
+                f"{self.label}: no answer within {self.config.read_timeout_s:g}s "
+                f"({type(exc).__name__})"
+            )
         )
 
     async def _wait_before_retry(self, attempt: int, why: str, retry_after: float | None) -> None:
@@ -386,14 +491,65 @@ class OpenAIBackend(ModelBackend):
         await asyncio.sleep(delay)
 
     def _unavailable(
-        self, attempts: int, why: str, last: _RetryableStatus | None = None
-    ) -> ModelUnavailable:
-        text = f"{self.model} at {self.base_url} unavailable after {attempts} attempt(s): {why}"
+        self, attempts: int, why: str, last: _RetryableStatus | None = None, detail: str = ""
+    ) -> ModelError:
+        text = f"{self.label} unavailable after {attempts} attempt(s): {why}"
+        error: ModelUnavailable
         if last is not None and last.status_code in (429, 503):  # up, but refusing work
             if last.retry_after_s is None:
-                return ModelOverloaded(text)
-            return ModelOverloaded(text, retry_after_s=last.retry_after_s)
-        return ModelUnavailable(text)
+                error = ModelOverloaded(text)
+            else:
+                error = ModelOverloaded(text, retry_after_s=last.retry_after_s)
+        else:
+            error = ModelUnavailable(text)
+        return self._fail(error, detail or why)
+
+    def _check_breaker(self, attempts: int, why: str) -> None:
+        """Raise CircuitOpen at once while this upstream's breaker is open."""
+        wait = self._breaker.before_call()
+        if wait is None:
+            return
+        tried = f" after {attempts} attempt(s): {why}" if attempts else ""
+        raise self._fail(
+            CircuitOpen(
+                f"{self.label} unavailable: it failed {self._breaker.failures} time(s) in a row "
+                f"and is not called for {wait:.1f}s more{tried}",
+                retry_after_s=wait,
+            )
+        )
+
+    def _too_large(self, what: str, limit: int) -> ModelError:
+        return self._fail(ModelError(f"{self.label}: {what} larger than {limit} bytes; not read"))
+
+    async def _read_body(self, response: httpx.Response, *, error: bool = False) -> bytes:
+        """The body, at most ``max_response_bytes`` (an error body: its first 64 KiB, silently
+        cut); a larger answer raises ModelError without being buffered."""
+        limit = self.config.max_response_bytes
+        if error:
+            limit = min(limit, ERROR_BODY_BYTES)
+        declared = response.headers.get("content-length", "")
+        if not error and declared.isdigit() and int(declared) > limit:
+            raise self._too_large("answer", limit)
+        buf = bytearray()
+        async for chunk in response.aiter_bytes():
+            buf += chunk
+            if len(buf) > limit:
+                if error:
+                    return bytes(buf[:limit])
+                raise self._too_large("answer", limit)
+        return bytes(buf)
+
+    async def _decode(self, raw: bytes) -> Any:
+        """JSON, parsed off the event loop when large."""
+        try:
+            if len(raw) > OFF_LOOP_JSON_BYTES:
+                return await asyncio.to_thread(json.loads, raw)
+            return json.loads(raw)
+        except ValueError as exc:
+            excerpt = raw[:200].decode("utf-8", "replace")
+            raise self._fail(
+                ModelError(f"{self.label} answered with invalid JSON"), f"invalid JSON: {excerpt!r}"
+            ) from exc
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         await encode_images_off_loop(request)
@@ -406,34 +562,65 @@ class OpenAIBackend(ModelBackend):
         last: _RetryableStatus | None = None
         last_500: str | None = None
         for attempt in range(self.config.max_retries + 1):
+            self._check_breaker(attempt, why)
             retry_after: float | None = None
+            verdict = "neutral"
             try:
-                async with slots:
-                    response = await client.post(url, json=body, headers=headers)
-                if response.status_code >= 300:
-                    raise self._status_error(response)
+                async with slots, client.stream("POST", url, json=body, headers=headers) as resp:
+                    if resp.status_code >= 300:
+                        content = await self._read_body(resp, error=True)
+                        raise self._status_error(resp.status_code, resp.headers, content)
+                    verdict = "success"
+                    raw = await self._read_body(resp)
+                data = await self._decode(raw)
                 try:
-                    data = response.json()
-                except ValueError as exc:
-                    raise ModelError(
-                        f"upstream answered with invalid JSON: {response.text[:200]!r}"
-                    ) from exc
-                result = parse_completion(data, self.model)
+                    result = parse_completion(data, self.model)
+                except ModelError as exc:
+                    if exc.message.startswith("malformed"):  # carries a raw excerpt: log only
+                        public = ModelError(f"{self.label}: malformed chat completion")
+                        raise self._fail(public, exc.message) from exc
+                    raise self._fail(exc) from exc
                 result.latency_s = time.perf_counter() - started
                 return result
             except _RetryableStatus as exc:
+                verdict = "neutral" if exc.status_code == 429 else "failure"
                 last_500 = await self._check_repeated_500(exc, last_500)
                 why, retry_after = f"HTTP {exc.status_code}: {exc.message}", exc.retry_after_s
                 last = exc
+            except ModelRejected:
+                verdict = "success"  # the upstream answered: this request is at fault
+                raise
             except _RETRYABLE_TRANSPORT as exc:
-                why, last = f"{type(exc).__name__}: {exc}", None
+                if verdict != "success":
+                    verdict = "failure"
+                why, last = type(exc).__name__, None
+                log.info("%s at %s: %r", self.model, self.base_url, exc)
             except httpx.TimeoutException as exc:
                 raise self._timeout_error(exc) from exc
             except httpx.TransportError as exc:
-                raise self._unavailable(attempt + 1, f"{type(exc).__name__}: {exc}") from exc
+                verdict = "failure"
+                raise self._unavailable(attempt + 1, type(exc).__name__, detail=repr(exc)) from exc
+            finally:
+                self._record(verdict)
             if attempt < self.config.max_retries:
+                self._check_breaker(attempt + 1, why)  # just opened: no wait for nothing
                 await self._wait_before_retry(attempt, why, retry_after)
         raise self._unavailable(self.config.max_retries + 1, why, last)
+
+    def _record(self, verdict: str) -> None:
+        if verdict == "success":
+            self._breaker.success()
+        elif verdict == "failure":
+            self._breaker.failure()
+            if self._breaker.is_open:
+                log.warning(
+                    "%s at %s: circuit open after %d consecutive failure(s)",
+                    self.model,
+                    self.base_url,
+                    self._breaker.failures,
+                )
+        else:
+            self._breaker.neutral()
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         await encode_images_off_loop(request)
@@ -445,33 +632,50 @@ class OpenAIBackend(ModelBackend):
         last: _RetryableStatus | None = None
         last_500: str | None = None
         for attempt in range(self.config.max_retries + 1):
+            self._check_breaker(attempt, why)
             retry_after: float | None = None
             yielded = False
+            verdict = "neutral"
             try:
                 async with slots, client.stream("POST", url, json=body, headers=headers) as resp:
                     if resp.status_code >= 300:
-                        await resp.aread()
-                        raise self._status_error(resp)
+                        content = await self._read_body(resp, error=True)
+                        raise self._status_error(resp.status_code, resp.headers, content)
+                    verdict = "success"
+                    self._record(verdict)
                     async with contextlib.aclosing(self._parse_stream(resp)) as deltas:
                         async for delta in deltas:
                             yielded = True
                             yield delta
                 return
             except _RetryableStatus as exc:
+                verdict = "neutral" if exc.status_code == 429 else "failure"
                 last_500 = await self._check_repeated_500(exc, last_500)
                 why, retry_after = f"HTTP {exc.status_code}: {exc.message}", exc.retry_after_s
                 last = exc
+            except ModelRejected:
+                verdict = "success"
+                raise
             except _RETRYABLE_TRANSPORT as exc:
                 if yielded:
-                    raise ModelUnavailable(
-                        f"{self.model} at {self.base_url}: stream broke off: {exc!r}"
+                    raise self._fail(
+                        ModelUnavailable(f"{self.label}: stream broke off ({type(exc).__name__})"),
+                        repr(exc),
                     ) from exc
-                why, last = f"{type(exc).__name__}: {exc}", None
+                if verdict != "success":
+                    verdict = "failure"
+                why, last = type(exc).__name__, None
+                log.info("%s at %s: %r", self.model, self.base_url, exc)
             except httpx.TimeoutException as exc:
                 raise self._timeout_error(exc) from exc
             except httpx.TransportError as exc:
-                raise self._unavailable(attempt + 1, f"{type(exc).__name__}: {exc}") from exc
+                verdict = "failure"
+                raise self._unavailable(attempt + 1, type(exc).__name__, detail=repr(exc)) from exc
+            finally:
+                if verdict != "success":  # success was recorded when the stream started
+                    self._record(verdict)
             if attempt < self.config.max_retries:
+                self._check_breaker(attempt + 1, why)  # just opened: no wait for nothing
                 await self._wait_before_retry(attempt, why, retry_after)
         raise self._unavailable(self.config.max_retries + 1, why, last)
 
@@ -480,55 +684,80 @@ class OpenAIBackend(ModelBackend):
         finish: FinishReason | None = None
         usage: Usage | None = None
         done = False
-        async for data in _sse_data(response):
-            if data.strip() == "[DONE]":
-                done = True
-                break
-            try:
-                event = json.loads(data)
-            except ValueError as exc:
-                raise ModelError(f"malformed stream event from upstream: {data[:200]!r}") from exc
-            if not isinstance(event, dict):
-                raise ModelError(f"malformed stream event from upstream: {data[:200]!r}")
-            if event.get("error") is not None:
-                raise ModelError(f"upstream failed mid-stream: {error_message(data, 500)}")
-            if event.get("usage"):
-                usage = parse_usage(event["usage"])
-            for choice in event.get("choices") or ():
-                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                    continue
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    yield StreamDelta(text=text)
-                if choice.get("finish_reason") is not None:
-                    finish = map_finish_reason(choice["finish_reason"], model=self.model)
+        events = _sse_data(
+            response, self.config.max_response_bytes, self.config.max_stream_line_bytes
+        )
+        try:
+            async for data in events:
+                if data.strip() == "[DONE]":
+                    done = True
+                    break
+                try:
+                    event = json.loads(data)
+                except ValueError as exc:
+                    raise self._fail(
+                        ModelError(f"{self.label}: malformed stream event"), repr(data[:200])
+                    ) from exc
+                if not isinstance(event, dict):
+                    raise self._fail(
+                        ModelError(f"{self.label}: malformed stream event"), repr(data[:200])
+                    )
+                if event.get("error") is not None:
+                    raise self._fail(
+                        ModelError(f"{self.label} failed mid-stream: {error_message(data, 500)}")
+                    )
+                if event.get("usage"):
+                    usage = parse_usage(event["usage"])
+                for choice in event.get("choices") or ():
+                    if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                        continue
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        yield StreamDelta(text=text)
+                    if choice.get("finish_reason") is not None:
+                        finish = map_finish_reason(choice["finish_reason"], model=self.model)
+        except _StreamTooLarge as exc:
+            raise self._too_large(exc.what, exc.limit) from None
         if not done and finish is None:
-            raise ModelUnavailable(f"{self.model} at {self.base_url}: stream ended unfinished")
+            raise self._fail(ModelUnavailable(f"{self.label}: stream ended unfinished"))
         yield StreamDelta(finish_reason=finish or "stop", usage=usage or Usage())
 
     # ------------------------------------------------------------------ health / info
     async def _read_model_info(self, client: httpx.AsyncClient) -> bool:
-        """GET /models; learn ``max_model_len`` (vLLM reports it) when no context_length is set."""
+        """GET /models: True when it answers 200 and lists ``self.model`` (a server that lists no
+        models at all is taken at its word); learn ``max_model_len`` (vLLM reports it) when no
+        context_length is set."""
         timeout = httpx.Timeout(min(HEALTH_TIMEOUT_S, self.config.read_timeout_s))
         response = await client.get(self.base_url + "/models", timeout=timeout)
         if response.status_code != 200:
             return False
-        if self.context_length is None:
-            try:
-                cards = response.json().get("data") or []
-            except (ValueError, AttributeError):
-                cards = []
-            for card in cards:
-                if isinstance(card, dict) and card.get("id") == self.model:
-                    max_len = card.get("max_model_len")
-                    if isinstance(max_len, int) and max_len > 0:
-                        self.context_length = max_len
-                        log.info("%r: context length %d (from /models)", self, max_len)
+        try:
+            cards = response.json().get("data") or []
+        except (ValueError, AttributeError):
+            cards = []
+        if not isinstance(cards, list):
+            cards = []
+        ids = [card.get("id") for card in cards if isinstance(card, dict)]
+        for card in cards:
+            if isinstance(card, dict) and card.get("id") == self.model:
+                max_len = card.get("max_model_len")
+                if self.context_length is None and isinstance(max_len, int) and max_len > 0:
+                    self.context_length = max_len
+                    log.info("%r: context length %d (from /models)", self, max_len)
+        if ids and self.model not in ids:
+            log.warning(
+                "%s at %s does not serve this model; it lists %s",
+                self.model,
+                self.base_url,
+                ", ".join(map(str, ids[:10])),
+            )
+            return False
         return True
 
-    async def health(self) -> bool:
-        """True when ``/models`` answers 200 and, for vLLM-style ``.../v1`` URLs, the server's
-        ``/health`` is not 5xx (vLLM answers 503 there when its engine died)."""
+    async def _probe(self) -> bool:
+        """The upstream's own health: ``/models`` answers 200 and lists the model and, for
+        vLLM-style ``.../v1`` URLs, ``/health`` is not 5xx (vLLM answers 503 when its engine
+        died)."""
         client, _ = self._ensure_client()
         timeout = httpx.Timeout(min(HEALTH_TIMEOUT_S, self.config.read_timeout_s))
         try:
@@ -540,3 +769,10 @@ class OpenAIBackend(ModelBackend):
         except httpx.HTTPError as exc:
             log.info("%r: health check failed: %r", self, exc)
             return False
+
+    async def health(self) -> bool:
+        """False while the circuit breaker is open (calls fail fast now), else ``_probe()``."""
+        if self._breaker.is_open:
+            log.info("%r: not healthy: circuit %s", self, self._breaker.state)
+            return False
+        return await self._probe()

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from agents import Question, RunOptions, RunResult, Step
-from models.errors import ModelError
+from models.errors import CircuitOpen, ContextLengthExceeded, ModelError, ModelUnavailable
 from models.types import ImageInput
 from tests.fakes.models import FakeModel
 
@@ -406,3 +406,29 @@ async def test_memory_truncation_is_logged(make_reasoner, image: ImageInput, cap
         )
     assert any("memory truncated" in n for n in result.notes)
     assert any("memory truncated" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("role", "error"),
+    [
+        ("dispatcher", ModelUnavailable("model 'llm' unavailable after 4 attempt(s)")),
+        ("dispatcher", CircuitOpen("model 'llm' unavailable: circuit open", retry_after_s=9)),
+        ("vision", ModelUnavailable("model 'lvlm' unavailable")),
+        ("referee", ModelUnavailable("model 'llm' unavailable")),
+        ("dispatcher", ContextLengthExceeded("maximum context length is 4096 tokens")),
+    ],
+    ids=["dispatcher-down", "circuit-open", "vision-down", "referee-down", "context-length"],
+)
+async def test_an_unavailable_model_or_too_long_prompt_fails_the_run_at_once(
+    make_reasoner, image: ImageInput, role: str, error: Exception
+) -> None:
+    vision, text = FakeModel("lvlm"), FakeModel("llm")
+    (vision if role == "vision" else text).raise_on[role] = error
+    reasoner = make_reasoner(vision, text, max_rounds=8)
+    seen: list[Step] = []
+    with pytest.raises(type(error)) as info:
+        async for event in reasoner.stream(reasoner.prepare(Question("How?", images=(image,)))):
+            seen.append(event)
+    assert info.value is error
+    assert seen[-1].role == role and seen[-1].error  # the failed step is yielded first
+    assert len(vision.roles()) + len(text.roles()) == len(seen) <= 3  # no round spent after it
