@@ -489,13 +489,15 @@ async def evaluate(
 
 def format_reports(reports: list[MethodReport]) -> str:
     header = (
-        f"{'method':<10} {'mode':<9} {'n':>5} {'acc':>6} {'unparsed':>8} {'errors':>6} "
-        f"{'fallback':>8} {'calls/q':>7} {'tok/q':>7} {'p50 s':>6}"
+        f"{'benchmark':<14} {'column':<22} {'mode':<9} {'n':>5} {'acc':>6} {'95% CI':>13} "
+        f"{'unparsed':>8} {'errors':>6} {'fallback':>8} {'calls/q':>7} {'tok/q':>7} {'p50 s':>6}"
     )
     lines = [header, "-" * len(header)]
     for r in reports:
+        lo, hi = r.accuracy_ci95
         lines.append(
-            f"{r.method:<10} {r.mode:<9} {r.n:>5} {r.accuracy:>6.1%} {r.unparsed:>8} "
+            f"{r.benchmark or '-':<14} {r.column or r.method:<22} {r.mode:<9} {r.n:>5} "
+            f"{r.accuracy:>6.1%} {f'{lo:.1%}-{hi:.1%}':>13} {r.unparsed:>8} "
             f"{r.errors:>6} {r.fallback_rate:>8.1%} {r.model_calls_per_question:>7.1f} "
             f"{r.tokens_per_question:>7.0f} {r.latency_p50_s:>6.2f}"
         )
