@@ -193,7 +193,7 @@ def test_scienceqa_img_keeps_the_image_items(tmp_path: Path) -> None:
 
 
 def test_missing_files_are_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(InvalidRequest, match="HallusionBench.json"):
+    with pytest.raises(InvalidRequest, match=r"HallusionBench\.json"):
         load_benchmark("hallusionbench", tmp_path)
     with pytest.raises(InvalidRequest, match="unknown benchmark"):
         load_benchmark("vqav9", tmp_path)
