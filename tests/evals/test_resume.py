@@ -18,8 +18,7 @@ from tests.evals.test_benchmarks import Scripted
 ROOT = Path(__file__).resolve().parents[2]
 N = 40
 
-CHILD = (
-    """
+CHILD = """
 import asyncio, sys
 from pathlib import Path
 from agents import RunOptions
@@ -33,20 +32,18 @@ class Slow:
         await asyncio.sleep(0.05)
         return Outcome("yes", "direct", "pure", "baseline", 0, 1, 0, 1, 1, None, 0.05)
 
-items = [EvalItem(f"q{i}", "Is it?", (), "yes") for i in range(%d)]
+items = [EvalItem(f"q{i}", "Is it?", (), "yes") for i in range(N_ITEMS)]
 column = Column(RunOptions(method="direct"), "direct", "pure")
 asyncio.run(run_column(Slow(), items, column, Path(sys.argv[1]), concurrency=2))
-"""
-    % N
-)
+""".replace("N_ITEMS", str(N))
 
 
 def _items() -> list[EvalItem]:
     return [EvalItem(f"q{i}", "Is it?", (), "yes") for i in range(N)]
 
 
-async def test_kill_9_then_rerun_answers_only_the_rest(tmp_path: Path) -> None:
-    results = tmp_path / "predictions-direct.jsonl"
+def _run_and_kill(results: Path) -> int:
+    """Start a run in a child process, SIGKILL it once 6 items are written."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(results)], cwd=ROOT, env=env)
     try:
@@ -58,7 +55,12 @@ async def test_kill_9_then_rerun_answers_only_the_rest(tmp_path: Path) -> None:
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.wait(timeout=30)
-    assert child.returncode == -signal.SIGKILL
+    return child.returncode
+
+
+async def test_kill_9_then_rerun_answers_only_the_rest(tmp_path: Path) -> None:
+    results = tmp_path / "predictions-direct.jsonl"
+    assert _run_and_kill(results) == -signal.SIGKILL
     before = read_results(results)
     assert 6 <= len(before) < N  # killed mid-run, the finished items kept
     answerer = Scripted({f"q{i}": "yes" for i in range(N)})

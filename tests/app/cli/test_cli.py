@@ -337,8 +337,9 @@ def test_eval_mmmu_report_plots_and_resume(
 
     data = fixtures.mmmu(tmp_path / "mmmu")
     out = tmp_path / "results"
-    argv = ["eval", "--profile", str(upstream_profile), "--dataset", "mmmu", "--data-dir",
-            str(data), "--method", "proreason", "--method", "direct", "--out", str(out)]  # fmt: skip
+    argv = ["eval", "--profile", str(upstream_profile), "--dataset", "mmmu",
+            "--data-dir", str(data), "--method", "proreason", "--method", "direct",
+            "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "mmmu" in table and "proreason" in table and "direct" in table
