@@ -6,12 +6,15 @@ column's predictions file as its batch finishes, in the same resumable format as
     pip install 'proreason[ray]'
 
 ``make_answerer`` is called once per worker (a picklable zero-argument callable returning an
-:class:`evals.runner.Answerer`), e.g. ``functools.partial(Endpoint, "http://gpu-box:8080")``.
+:class:`evals.runner.Answerer`, or an awaitable of one), e.g.
+``functools.partial(Endpoint, "http://gpu-box:8080")``, or one that builds an in-process
+pipeline on the worker (``proreason eval --ray N`` without ``--endpoint`` does that).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import pickle
 from collections.abc import Callable
@@ -29,9 +32,12 @@ class _Worker:
     def __init__(
         self, make_answerer: Callable[[], Answerer], column: Column, concurrency: int
     ) -> None:
-        self.answerer = make_answerer()
         self.column, self.concurrency = column, concurrency
         self.loop = asyncio.new_event_loop()
+        answerer = make_answerer()
+        if inspect.isawaitable(answerer):  # e.g. an in-process pipeline that opens its models
+            answerer = self.loop.run_until_complete(answerer)
+        self.answerer = answerer
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         items = [pickle.loads(blob) for blob in batch["item"]]
@@ -70,13 +76,18 @@ def run_ray(
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        dataset = ray.data.from_items([{"item": pickle.dumps(item)} for item in todo])
-        dataset = dataset.repartition(max(1, min(len(todo), workers * 4)))
+        pool = min(workers, len(todo))  # no idle actors for a short remainder
+        blocks = max(pool, min(len(todo), workers * 4))
+        dataset = ray.data.from_items(
+            [{"item": pickle.dumps(item)} for item in todo], override_num_blocks=blocks
+        )
         answered = dataset.map_batches(
             _Worker,
             fn_constructor_args=(make_answerer, column, concurrency),
             batch_size=batch_size,
-            concurrency=workers,
+            compute=ray.data.ActorPoolStrategy(size=pool),
+            # the workers wait on a model or a service, not on this CPU
+            num_cpus=0.25,
             batch_format="numpy",
         )
         appender = _Appender(results)

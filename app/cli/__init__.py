@@ -109,6 +109,14 @@ def _with_eval_options(p: argparse.ArgumentParser) -> None:
         help="also ask the profile's text model whether each answer agrees with the reference "
         "(its own column; the score stays the extractor's)",
     )
+    p.add_argument(
+        "--ray",
+        type=int,
+        metavar="WORKERS",
+        help="shard the items over WORKERS Ray workers (ray.data), each calling --endpoint or "
+        "running its own in-process pipeline; same resumable predictions (pip install "
+        "'proreason[ray]')",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument(
         "--out",

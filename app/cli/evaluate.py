@@ -57,6 +57,46 @@ def _columns(args: argparse.Namespace) -> list[Any]:
     ]
 
 
+class _Named:
+    """Names the columns of a Ray run whose pipelines live on the workers."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+
+    def resolve(self, options: Any) -> tuple[str, str]:
+        return options.method or self.agent.method, options.mode or self.agent.mode
+
+
+async def _worker_pipeline(profile: str | None) -> Any:
+    """A Ray worker's own in-process pipeline (the profile's models, loaded on the worker)."""
+    from agents import Reasoner
+    from evals.runner import InProcess
+    from models.images import ImageDecoder
+
+    settings = load_settings(argparse.Namespace(profile=profile))
+    m = settings.media
+    decoder = ImageDecoder(
+        max_bytes=m.max_image_bytes, max_pixels=m.max_pixels, max_side=m.max_side
+    )
+    models = await open_models(settings)
+    return InProcess(Reasoner(models, settings.agent), decoder)
+
+
+def _on_ray(args: argparse.Namespace, items: list[Any], column: Any, results: Path) -> Any:
+    import functools
+
+    from evals.distributed import run_ray
+    from evals.runner import Endpoint
+
+    if args.endpoint:
+        factory: Any = functools.partial(Endpoint, args.endpoint, api_key=args.api_key)
+    else:
+        factory = functools.partial(_worker_pipeline, args.profile)
+    started = time.perf_counter()
+    rows = run_ray(factory, items, column, results, workers=args.ray, concurrency=args.concurrency)
+    return rows, time.perf_counter() - started
+
+
 async def _run(
     args: argparse.Namespace, datasets: list[tuple[str, list[Any], Path]], out: Path
 ) -> int:
@@ -67,8 +107,13 @@ async def _run(
     models = None
     settings = None
     judge = None
-    if args.endpoint:
-        answerer: Any = Endpoint(args.endpoint, api_key=args.api_key)
+    if args.ray and args.judge:
+        raise CLIError("--judge is not available with --ray")
+    if args.ray and not args.endpoint:  # the workers load the models, not this process
+        settings = load_settings(args)
+        answerer: Any = _Named(settings.agent)
+    elif args.endpoint:
+        answerer = Endpoint(args.endpoint, api_key=args.api_key)
         if args.judge:
             raise CLIError("--judge runs the profile's text model in-process: not with --endpoint")
     else:
@@ -93,15 +138,19 @@ async def _run(
             for options in _columns(args):
                 method, mode = answerer.resolve(options)
                 column = Column(options, method, mode, benchmark)
-                rows, wall = await run_column(
-                    answerer,
-                    items,
-                    column,
-                    folder / f"predictions-{column.key}.jsonl",
-                    concurrency=args.concurrency,
-                    progress=not args.no_progress,
-                    judge=judge,
-                )
+                results = folder / f"predictions-{column.key}.jsonl"
+                if args.ray:
+                    rows, wall = await asyncio.to_thread(_on_ray, args, items, column, results)
+                else:
+                    rows, wall = await run_column(
+                        answerer,
+                        items,
+                        column,
+                        results,
+                        concurrency=args.concurrency,
+                        progress=not args.no_progress,
+                        judge=judge,
+                    )
                 report = summarize(rows, column, wall)
                 records[(benchmark, report.column)] = rows
                 reports.append(report)
