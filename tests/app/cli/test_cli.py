@@ -388,3 +388,25 @@ def test_eval_endpoint_asks_a_running_service(tmp_path: Path, capsys) -> None:
     assert by_method["proreason"]["model_calls_per_question"] == 4
     assert by_method["direct"]["stop_reasons"] == {"baseline": 2}
     assert vision.roles()[0] == "vision"
+
+
+def test_reproduce_runs_the_benchmarks_below_data_dir(
+    upstream_profile: Path, tmp_path: Path, capsys
+) -> None:
+    from tests.evals import fixtures
+    from tests.evals.test_benchmarks import HB_ROWS
+
+    fixtures.hallusionbench(tmp_path / "data" / "hallusionbench", HB_ROWS)
+    out = tmp_path / "paper"
+    argv = ["reproduce", "--profile", str(upstream_profile), "--data-dir", str(tmp_path / "data"),
+            "--benchmark", "hallusionbench", "--method", "direct", "--mode", "pure",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    (row,) = report["reports"]
+    assert row["benchmark"] == "hallusionbench" and row["column"] == "direct-pure"
+    assert {"aAcc", "fAcc", "qAcc", "easy_aAcc", "hard_aAcc"} <= row["official"].keys()
+    assert (out / "hallusionbench" / "predictions-direct-pure.jsonl").is_file()
+    missing = ["reproduce", "--profile", str(upstream_profile), "--data-dir", str(tmp_path)]
+    assert main([*missing, "--benchmark", "mme"]) == 2
+    assert "mme: no folder" in capsys.readouterr().err
