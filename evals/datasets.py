@@ -6,18 +6,23 @@ JSONL format, one item per line (paths relative to the file)::
     {"id": "q2", "question": "Which shape is red?", "images": ["img/2.png"],
      "options": ["circle", "square", "triangle"], "answer": "B"}
 
-``answer`` of a multiple-choice item is the option letter or the option text. Convert MMMU,
-HallusionBench, MathVista or MME to this format on a connected machine.
+``answer`` of a multiple-choice item is the option letter or the option text. MMMU, MathVista,
+HallusionBench, MME, POPE and ScienceQA-IMG are read as published (:mod:`evals.benchmarks`).
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from models.errors import InvalidRequest
+
+#: how an item is scored: ``choice`` (one of ``options``), ``yesno``, ``number`` (at
+#: ``precision`` decimals when given), ``open`` (normalised text; a list reference: any of it)
+AnswerType = Literal["auto", "choice", "yesno", "number", "open"]
 
 
 @dataclass(frozen=True)
@@ -27,13 +32,35 @@ class EvalItem:
     image_paths: tuple[Path, ...]
     answer: str
     options: tuple[str, ...] = ()
+    #: images carried inline (parquet benchmarks), after those in ``image_paths``
+    image_data: tuple[bytes, ...] = ()
+    answer_type: AnswerType = "auto"
+    #: MathVista: decimals the numeric answer is compared at
+    precision: int | None = None
+    #: what the benchmark's metrics group by (HallusionBench set/figure ids, MME subtask ...)
+    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 def load_dataset(
-    name: str, *, split: str = "test", limit: int | None = None, seed: int = 0
+    name: str,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
 ) -> list[EvalItem]:
-    """``easy-vqa`` or a path to a JSONL file; a seeded random sample of ``limit`` items."""
-    items = _easy_vqa(split) if name == "easy-vqa" else _jsonl(Path(name).expanduser())
+    """``easy-vqa``, a published benchmark read from ``data_dir`` (:mod:`evals.benchmarks`), or a
+    path to a JSONL file; a seeded random sample of ``limit`` items."""
+    from evals.benchmarks import BENCHMARKS, load_benchmark
+
+    if name == "easy-vqa":
+        items = _easy_vqa(split)
+    elif name in BENCHMARKS:
+        if data_dir is None:
+            raise InvalidRequest(f"dataset {name!r} is read from a local copy: give --data-dir")
+        items = load_benchmark(name, Path(data_dir).expanduser(), split=split)
+    else:
+        items = _jsonl(Path(name).expanduser())
     if limit is not None and limit < len(items):
         items = random.Random(seed).sample(items, limit)
     return items

@@ -4,6 +4,7 @@
     proreason ask --url http://localhost:8080 --image cat.png ... ask a running service instead
     proreason serve [--profile vllm]                               run the HTTP service
     proreason eval --dataset easy-vqa --method proreason ...       evaluate methods on a dataset
+    proreason reproduce --data-dir data/                           the paper's table
     proreason build-tiny                                           build the offline tiny models
     proreason profiles                                             list the configuration profiles
     proreason bench NAME ...                                       run a benchmark (see bench/)
@@ -59,9 +60,75 @@ def _with_run_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _with_eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default="test", help="the split (benchmarks: their published one)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="seeded random sample size (default: all of a benchmark, 100 of easy-vqa/JSONL)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="the sample's random seed")
+    p.add_argument(
+        "--method",
+        action="append",
+        choices=METHODS,
+        help="repeat to compare methods side by side (default: the profile's)",
+    )
+    p.add_argument(
+        "--mode",
+        action="append",
+        choices=MODES,
+        help="repeat for columns per mode: pure (one LVLM plays every role) and/or assisted "
+        "(default: the profile's agent.mode)",
+    )
+    p.add_argument(
+        "--prompts",
+        action="append",
+        metavar="SET",
+        help="repeat for columns per prompt set: default, reference (default: the profile's)",
+    )
+    p.add_argument(
+        "--max-rounds",
+        type=int,
+        metavar="N",
+        help="most dispatcher rounds before the fallback (default: agent.max_rounds)",
+    )
+    p.add_argument("--parallel", action="store_true", help="parallel perception (opt-in)")
+    p.add_argument("--concurrency", type=int, default=8, help="questions in flight")
+    p.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="evaluate the service running at URL over /v1/chat/completions (default: "
+        "the profile's models in-process)",
+    )
+    p.add_argument("--api-key", metavar="KEY", help="with --endpoint: the service's API key")
+    p.add_argument(
+        "--judge",
+        action="store_true",
+        help="also ask the profile's text model whether each answer agrees with the reference "
+        "(its own column; the score stays the extractor's)",
+    )
+    p.add_argument(
+        "--ray",
+        type=int,
+        metavar="WORKERS",
+        help="shard the items over WORKERS Ray workers (ray.data), each calling --endpoint or "
+        "running its own in-process pipeline; same resumable predictions (pip install "
+        "'proreason[ray]')",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for the report and predictions (default: results/<dataset>-<time>); "
+        "the same --out resumes a run",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from app.cli.ask import ask
-    from app.cli.evaluate import evaluate
+    from app.cli.evaluate import evaluate, reproduce
     from app.cli.serve import build_tiny, profiles, serve
 
     parser = argparse.ArgumentParser(
@@ -118,29 +185,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser(
         "eval",
-        help="evaluate methods on a dataset (easy-vqa offline, or a JSONL file)",
-        description="Accuracy with the stop-reason mix, fallback rate, parse failures, calls and "
-        "tokens per question, per method; report.json and predictions-<method>.jsonl in --out.",
+        help="evaluate methods on a benchmark (MMMU, MathVista, HallusionBench, MME, POPE, "
+        "ScienceQA-IMG from --data-dir), easy-vqa or a JSONL file",
+        description="Accuracy with a bootstrap 95%% interval, unparsed and errors, the "
+        "stop-reason mix, fallback rate, parse failures, rounds/calls/tokens/latency per "
+        "question, the benchmark's own metrics and a McNemar test against direct, per method x "
+        "mode x prompt set; report.md, report.json, accuracy.png, calls.png and "
+        "predictions-<column>.jsonl in --out. Resumable: re-run the same command to finish.",
     )
     _with_profile(e)
-    e.add_argument("--dataset", default="easy-vqa", help="'easy-vqa' or a JSONL file")
-    e.add_argument("--split", default="test", help="easy-vqa split: test or train")
-    e.add_argument("--limit", type=int, default=100, help="seeded random sample size")
-    e.add_argument("--seed", type=int, default=0, help="the sample's random seed")
     e.add_argument(
-        "--method",
-        action="append",
-        choices=METHODS,
-        help="repeat to compare methods side by side (default: the profile's)",
+        "--dataset",
+        default="easy-vqa",
+        help="mmmu, mathvista, hallusionbench, mme, pope, scienceqa-img (read from --data-dir), "
+        "'easy-vqa' or a JSONL file",
     )
-    _with_run_options(e)
-    e.add_argument("--concurrency", type=int, default=8, help="questions in flight")
     e.add_argument(
-        "--out",
+        "--data-dir",
         metavar="DIR",
-        help="folder for report.json and predictions (default: results/<dataset>-<time>)",
+        help="the benchmark as downloaded from its publisher (docs/evaluation.md)",
     )
-    e.set_defaults(func=lambda args: asyncio.run(evaluate(args)))
+    _with_eval_options(e)
+    e.set_defaults(func=evaluate)
+
+    r = sub.add_parser(
+        "reproduce",
+        help="the paper's table: MMMU, MathVista, HallusionBench, MME from --data-dir/<name>, "
+        "proreason and direct, pure and assisted (docs/evaluation.md)",
+    )
+    _with_profile(r)
+    r.add_argument(
+        "--data-dir",
+        required=True,
+        metavar="DIR",
+        help="a folder with one subfolder per benchmark: mmmu/, mathvista/, hallusionbench/, mme/",
+    )
+    r.add_argument(
+        "--benchmark",
+        action="append",
+        choices=["mmmu", "mathvista", "hallusionbench", "mme", "pope", "scienceqa-img"],
+        help="repeat to choose the benchmarks (default: the paper's four)",
+    )
+    _with_eval_options(r)
+    r.set_defaults(func=reproduce)
 
     s = sub.add_parser("serve", help="run the HTTP service (OpenAI-compatible + /v1/reason)")
     _with_profile(s)

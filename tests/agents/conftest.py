@@ -15,6 +15,7 @@ from tests.fakes.models import Call, FakeModel
 
 __all__ = ["Call", "FakeModel"]
 
+
 @pytest.fixture(scope="session")
 def prompts() -> PromptSet:
     return PromptSet.load()

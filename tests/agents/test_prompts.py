@@ -97,9 +97,7 @@ def test_prompt_sets_load_and_validate() -> None:
     assert reference["ccot_graph"] is default["ccot_graph"]
     for name, (required, optional) in PROMPT_FIELDS.items():
         assert required <= reference[name].fields <= required | optional, name
-    text = reference.text(
-        "dispatcher", question="Q", memory="M", last_expert="vision", history=""
-    )
+    text = reference.text("dispatcher", question="Q", memory="M", last_expert="vision", history="")
     assert "'Thought'" in text and text.index("'Thought'") < text.index("'EXPERT name'")
     referee = reference.text("referee", question="Q", memory="M", history="")
     assert "CAN_SOLVE" in referee and "UNSOLVABLE" in referee

@@ -197,9 +197,7 @@ def test_refused_urls_are_never_contacted(client: TestClient, web: RecordingWeb)
     assert web.hosts == [PUBLIC_IP]  # the redirect target was checked and refused, not fetched
 
 
-def test_allowed_url_is_fetched(
-    client: TestClient, web: RecordingWeb, vision: FakeModel
-) -> None:
+def test_allowed_url_is_fetched(client: TestClient, web: RecordingWeb, vision: FakeModel) -> None:
     r = client.post("/v1/reason", json=q(images=[f"http://{PUBLIC_IP}/shapes.png"]))
     assert r.status_code == 200, r.text
     assert vision.calls[0].request.images[0].size == (64, 64)

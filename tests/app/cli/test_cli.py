@@ -327,3 +327,86 @@ def test_every_flag_has_help() -> None:
         for action in command._actions:
             if action.dest != "help":
                 assert action.help, f"proreason {name}: {action.option_strings or action.dest}"
+
+
+def test_eval_mmmu_report_plots_and_resume(
+    upstream_profile: Path, upstream: FakeOpenAIServer, tmp_path: Path, capsys
+) -> None:
+    pytest.importorskip("pyarrow")
+    from tests.evals import fixtures
+
+    data = fixtures.mmmu(tmp_path / "mmmu")
+    out = tmp_path / "results"
+    argv = ["eval", "--profile", str(upstream_profile), "--dataset", "mmmu",
+            "--data-dir", str(data), "--method", "proreason", "--method", "direct",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "mmmu" in table and "proreason" in table and "direct" in table
+    for name in ("report.md", "report.json", "accuracy.png", "calls.png",
+                 "predictions-proreason.jsonl", "predictions-direct.jsonl"):  # fmt: skip
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    by_method = {r["method"]: r for r in report["reports"]}
+    assert by_method["direct"]["n"] == 3 and by_method["direct"]["errors"] == 1  # the bad image
+    assert by_method["proreason"]["vs_direct"]["n"] == 3
+    assert len(by_method["proreason"]["accuracy_ci95"]) == 2
+    assert "| mmmu | proreason |" in (out / "report.md").read_text()
+    calls = len(upstream.responder.roles)
+    assert calls >= 2 + 4  # two good items per method
+    assert main(argv) == 0  # resumed: nothing finished is asked again
+    assert len(upstream.responder.roles) == calls
+    rows = (out / "predictions-direct.jsonl").read_text().splitlines()
+    assert len({json.loads(r)["id"] for r in rows}) == 3
+
+
+def test_eval_endpoint_asks_a_running_service(tmp_path: Path, capsys) -> None:
+    from agents.types import ModelSet
+    from app.main import create_app
+    from tests.app.conftest import LiveServer, make_settings
+    from tests.fakes.models import FakeModel
+
+    jsonl = tmp_path / "items.jsonl"
+    image = ROOT / "tests" / "data" / "shapes.png"
+    rows = [
+        {"id": "a", "question": "Where?", "images": [str(image)], "answer": "left"},
+        {"id": "b", "question": "Which?", "images": [str(image)], "answer": "A",
+         "options": ["square", "circle"]},
+    ]  # fmt: skip
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows))
+    vision, text = FakeModel(name="vlm"), FakeModel(name="llm")
+    app = create_app(make_settings(), models=ModelSet(vision=vision, text=text))
+    out = tmp_path / "out"
+    with LiveServer(app) as live:
+        argv = ["eval", "--endpoint", live.url, "--dataset", str(jsonl), "--method", "proreason",
+                "--method", "direct", "--out", str(out), "--no-progress"]  # fmt: skip
+        assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    by_method = {r["method"]: r for r in report["reports"]}
+    assert by_method["proreason"]["errors"] == 0 and by_method["proreason"]["n"] == 2
+    assert by_method["proreason"]["stop_reasons"].get("solved") == 2
+    assert by_method["proreason"]["model_calls_per_question"] == 4
+    assert by_method["direct"]["stop_reasons"] == {"baseline": 2}
+    assert vision.roles()[0] == "vision"
+
+
+def test_reproduce_runs_the_benchmarks_below_data_dir(
+    upstream_profile: Path, tmp_path: Path, capsys
+) -> None:
+    from tests.evals import fixtures
+    from tests.evals.test_benchmarks import HB_ROWS
+
+    fixtures.hallusionbench(tmp_path / "data" / "hallusionbench", HB_ROWS)
+    out = tmp_path / "paper"
+    argv = ["reproduce", "--profile", str(upstream_profile), "--data-dir", str(tmp_path / "data"),
+            "--benchmark", "hallusionbench", "--method", "direct", "--mode", "pure",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    (row,) = report["reports"]
+    assert row["benchmark"] == "hallusionbench" and row["column"] == "direct-pure"
+    assert {"aAcc", "fAcc", "qAcc", "easy_aAcc", "hard_aAcc"} <= row["official"].keys()
+    assert (out / "hallusionbench" / "predictions-direct-pure.jsonl").is_file()
+    missing = ["reproduce", "--profile", str(upstream_profile), "--data-dir", str(tmp_path)]
+    assert main([*missing, "--benchmark", "mme"]) == 2
+    assert "mme: no folder" in capsys.readouterr().err
