@@ -21,6 +21,11 @@ property order. The ``reference`` prompt set uses the authors' text protocol ins
 Cost: 4 calls when solved in round 1, 3 more per extra round, 25 at most with 8 rounds.
 A ModelError from the summarizer or the fallback (the final answer) fails the run.
 
+The OCR expert (opt-in: ``agent.ocr`` / request ``ocr``): the dispatcher gets the
+``dispatcher_ocr`` prompt (the ``dispatcher`` prompt is untouched when OCR is off), "ocr" joins the
+schema's expert enum and the parser's known experts, and an OCR decision reads the text of every
+image (RapidOCR, cached per image) into memory like an expert's answer: a Step of role "ocr".
+
 Parallel perception (opt-in): the dispatcher may ask up to ``max_parallel_questions`` visual
 sub-questions in one decision; they run concurrently (one batch for the backend), each answer is a
 memory entry, their steps carry ``parallel=True``, and the referee runs once after the round.
@@ -46,6 +51,7 @@ from agents.types import Step
 from models.types import Message
 
 _EXPERTS = ["vision", "insight"]
+_EXPERTS_OCR = ["vision", "insight", "ocr"]
 
 # Property order matters: constrained decoding writes the properties in this order, so the
 # thought comes before the decision it informs.
@@ -68,12 +74,21 @@ VERDICT_SCHEMA: dict[str, Any] = {
 }
 
 
-def parallel_dispatch_schema(max_questions: int) -> dict[str, Any]:
+def dispatch_schema(ocr: bool = False) -> dict[str, Any]:
+    """The dispatcher's schema; with the OCR expert when the run offers it."""
+    if not ocr:
+        return DISPATCH_SCHEMA
+    schema = {**DISPATCH_SCHEMA, "properties": dict(DISPATCH_SCHEMA["properties"])}
+    schema["properties"]["expert"] = {"type": "string", "enum": _EXPERTS_OCR}
+    return schema
+
+
+def parallel_dispatch_schema(max_questions: int, ocr: bool = False) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
             "thought": {"type": "string"},
-            "expert": {"type": "string", "enum": _EXPERTS},
+            "expert": {"type": "string", "enum": _EXPERTS_OCR if ocr else _EXPERTS},
             "questions": {
                 "type": "array",
                 "items": {"type": "string"},
@@ -124,6 +139,10 @@ async def run_proreason(ctx: RunContext) -> AsyncIterator[Step]:
             async for vstep in _perceive(ctx, rnd, decision.questions):
                 added += _remember(ctx, vstep, "vision", vstep.output)
                 yield vstep
+        elif decision.expert == "ocr":
+            ostep = await ctx.read_text(round=rnd, sub_question=decision.question)
+            added += _remember(ctx, ostep, "ocr", ostep.output)
+            yield ostep
         else:
             istep = await _insight(ctx, rnd, decision.question)
             if not istep.error:
@@ -183,6 +202,7 @@ def _read_dispatch(ctx: RunContext, step: Step) -> DispatchDecision | None:
             step.output,
             parallel=ctx.options.parallel_perception,
             max_questions=ctx.config.max_parallel_questions,
+            ocr=ctx.options.ocr,
         )
     except ParseError as exc:
         ctx.parse_failed(step, str(exc))
@@ -235,8 +255,9 @@ def _insight_conclusion(ctx: RunContext, step: Step) -> str:
 async def _dispatch(ctx: RunContext, rnd: int, last_expert: str) -> Step:
     parallel = ctx.options.parallel_perception
     limit = ctx.config.max_parallel_questions
-    name = "dispatcher_parallel" if parallel else "dispatcher"
-    schema = parallel_dispatch_schema(limit) if parallel else DISPATCH_SCHEMA
+    ocr = ctx.options.ocr
+    name = ("dispatcher_parallel" if parallel else "dispatcher") + ("_ocr" if ocr else "")
+    schema = parallel_dispatch_schema(limit, ocr) if parallel else dispatch_schema(ocr)
     return await ctx.call(
         "dispatcher",
         ctx.text,
