@@ -30,6 +30,9 @@ class AgentConfig(BaseModel):
     #: the prompt set runs use unless a request picks another: "default" (ours, JSON decisions)
     #: or "reference" (the authors' text protocol), or any set folder under prompts_dir
     prompts: str = "default"
+    #: the LoRA adapter each role answers with, role -> adapter name (one of its backend's
+    #: ``adapters``), e.g. ``{dispatcher: disp, referee: ref}``; roles not named use the base
+    adapters: dict[str, str] = Field(default_factory=dict)
     #: offer the dispatcher the OCR expert (RapidOCR, the ``ocr`` extra) unless a request says
     #: otherwise; requests may also turn it on when this is off (if the extra is installed)
     ocr: bool = False

@@ -121,6 +121,14 @@ class Reasoner:
                 min_score=config.ocr_min_score,
             )
         self.ocr = ocr
+        served = models.vision.adapters | (models.text.adapters if models.text else frozenset())
+        unknown = {r: a for r, a in config.adapters.items() if a not in served}
+        if unknown:
+            raise ModelLoadError(
+                "agent.adapters: no backend serves "
+                + ", ".join(f"{a!r} (for {r})" for r, a in sorted(unknown.items()))
+                + f"; served: {', '.join(sorted(served)) or 'none'}"
+            )
         if config.ocr and ocr is None:
             raise ModelLoadError(
                 "agent.ocr: the OCR expert needs RapidOCR: pip install 'proreason[ocr]'"

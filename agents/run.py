@@ -246,6 +246,17 @@ class RunContext:
         self.steps.append(step)
         return step
 
+    def _adapter(self, role: str, backend: ModelBackend) -> str | None:
+        """The role's adapter when its backend serves it (pure mode may put a text role's
+        adapter on the LVLM, which lacks it: then the base model answers, noted once)."""
+        name = self.config.adapters.get(role)
+        if name is None:
+            return None
+        if name in backend.adapters:
+            return name
+        self.note(f"{role}: adapter {name!r} is not served by {backend.model!r}; base model")
+        return None
+
     async def execute(
         self,
         step: Step,
@@ -260,6 +271,7 @@ class RunContext:
             json_schema=json_schema,
             request_id=f"{self.run_id}-{step.index}",
             session_id=self.run_id,
+            adapter=self._adapter(step.role, backend),
         )
         start = time.perf_counter()
         step.started_at = start - self._t0
