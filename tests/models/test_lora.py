@@ -107,3 +107,15 @@ async def test_roles_answer_with_their_adapters_and_unknown_ones_fail_at_start_u
                         "vision": None}  # fmt: skip
     with pytest.raises(ModelLoadError, match="no backend serves 'judge' \\(for referee\\)"):
         Reasoner(ModelSet(vision=vision, text=text), AgentConfig(adapters={"referee": "judge"}))
+
+
+def test_the_vllm_lora_profile_names_adapters_its_text_server_serves() -> None:
+    from app.settings import load_settings
+    from models.factory import build_backend
+
+    settings = load_settings("vllm-lora")
+    text = build_backend(settings.models.text)
+    vision = build_backend(settings.models.vision)
+    reasoner = Reasoner(ModelSet(vision=vision, text=text), settings.agent)
+    assert reasoner.config.adapters == {"dispatcher": "disp", "referee": "ref"}
+    assert text.adapters == {"disp", "ref"} and vision.adapters == frozenset()
