@@ -28,7 +28,12 @@ from tests.deploy.helpers import (
 )
 
 #: app service -> Dockerfile stage it runs
-APP_SERVICES = {"app": "service", "app-replica": "service", "app-inprocess": "gpu"}
+APP_SERVICES = {
+    "app": "service",
+    "app-replica": "service",
+    "app-inprocess": "gpu",
+    "app-lora": "service",
+}
 #: the app's model role -> the compose service that serves it
 UPSTREAMS = {"vision": "vlm", "text": "llm"}
 
@@ -175,3 +180,27 @@ def test_dockerfile_healthcheck_hits_a_real_route(container_settings):
         settings = container_settings(stage.name, {})
         assert int(stage.env()[port_var]) == settings.server.port
         assert settings.server.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(("files", "profiles"), [c for c in COMBINATIONS if "lora" in c.id])
+def test_lora_app_names_the_adapters_its_text_server_serves(
+    rendered, container_settings, files, profiles
+):
+    cfg = rendered(files, profiles)
+    command = cfg.services["llm-lora"]["command"]
+    assert "--enable-lora" in command
+    start = command.index("--lora-modules") + 1
+    modules = {}
+    for token in command[start:]:
+        if token.startswith("--"):
+            break
+        name, _, path = token.partition("=")
+        modules[name] = path
+    settings = container_settings("service", cfg.services["app-lora"]["environment"])
+    text = settings.models.text
+    assert text is not None and urlsplit(text.base_url).hostname == "llm-lora"
+    assert set(text.adapters) == set(modules) == set(settings.agent.adapters.values())
+    assert all(path.startswith("/adapters/") for path in modules.values())
+    mounts = {v["target"]: v for v in cfg.services["llm-lora"]["volumes"]}
+    assert mounts["/adapters"]["read_only"] is True
+    assert text.model == cfg.services["llm-lora"]["command"][0]
