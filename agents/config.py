@@ -30,3 +30,15 @@ class AgentConfig(BaseModel):
     #: the prompt set runs use unless a request picks another: "default" (ours, JSON decisions)
     #: or "reference" (the authors' text protocol), or any set folder under prompts_dir
     prompts: str = "default"
+    #: the LoRA adapter each role answers with, role -> adapter name (one of its backend's
+    #: ``adapters``), e.g. ``{dispatcher: disp, referee: ref}``; roles not named use the base
+    adapters: dict[str, str] = Field(default_factory=dict)
+    #: offer the dispatcher the OCR expert (RapidOCR, the ``ocr`` extra) unless a request says
+    #: otherwise; requests may also turn it on when this is off (if the extra is installed)
+    ocr: bool = False
+    #: seconds one image's OCR may take (queueing included) before the call fails
+    ocr_timeout_s: float = Field(30.0, gt=0)
+    #: images whose recognised text is kept (by content hash, shared by all requests)
+    ocr_cache_size: int = Field(256, ge=0)
+    #: recognised lines below this confidence are dropped
+    ocr_min_score: float = Field(0.5, ge=0, le=1)

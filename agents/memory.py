@@ -31,7 +31,7 @@ CLIP_MARK = " … [clipped]"
 
 @dataclass(frozen=True)
 class MemoryEntry:
-    role: str  # "vision" | "insight" | "referee"
+    role: str  # "vision" | "insight" | "ocr" | "referee"
     content: str
     sub_question: str | None = None
     round: int = 0

@@ -67,7 +67,7 @@ __all__ = [
     "split_options",
 ]
 
-Expert = Literal["vision", "insight"]
+Expert = Literal["vision", "insight", "ocr"]
 
 #: a decision longer than this is not read at all (unreadable): ~4k tokens, 8x the default
 #: max_tokens of a call. The scan costs ~0.5 µs per brace / quote, so this bounds a parse to
@@ -276,12 +276,22 @@ _INSIGHT_WORDS = frozenset(
     {"insight", "reasoning", "reason", "reasoner", "wisdom", "think", "thinking", "logic",
      "analysis", "analyze", "inference", "llm", "text"}
 )  # fmt: skip
+#: the OCR expert (only when the run enables it): "ocr", "OCR Expert", "text reader", "read text"
+_OCR_WORDS = frozenset({"ocr", "reader", "read", "transcribe", "transcriber", "transcription"})
+#: the sub-question of an OCR decision that names none (OCR reads all the text anyway)
+OCR_DEFAULT_QUESTION = "Read the text in the image."
 
 
-def normalize_expert(value: Any) -> Expert | None:
+def normalize_expert(value: Any, *, ocr: bool = False) -> Expert | None:
+    """The expert a decision names. "ocr" only when ``ocr``: otherwise the words are read as
+    before and an OCR expert is unknown (None)."""
     if not isinstance(value, str):
         return None
     words = set(re.sub(r"[^a-z]+", " ", value[:200].lower()).split())
+    if ocr and words & _OCR_WORDS:
+        # "OCR Expert", "text reader": OCR words win over "text" and "image", not over the others
+        others = words & (_VISION_WORDS | _INSIGHT_WORDS) - {"text", "image"}
+        return None if others else "ocr"
     vision, insight = bool(words & _VISION_WORDS), bool(words & _INSIGHT_WORDS)
     if vision and not insight:
         return "vision"
@@ -334,9 +344,12 @@ def _text(value: Any) -> str:
 
 
 def parse_dispatch(
-    text: str, *, parallel: bool = False, max_questions: int = 1
+    text: str, *, parallel: bool = False, max_questions: int = 1, ocr: bool = False
 ) -> DispatchDecision:
-    """Read the dispatcher's choice. Raises ParseError (unreadable, unknown expert, no question)."""
+    """Read the dispatcher's choice. Raises ParseError (unreadable, unknown expert, no question).
+
+    ``ocr``: the run offers the OCR expert, so "ocr" is a known expert (its sub-question is
+    optional); without it, a decision for the OCR expert names an unknown expert."""
     scan = _scan_objects(_bounded(text))
     candidates = list(_candidates(text, scan))
     found = next((f for f in candidates if _first(f.fields, _EXPERT_KEYS) is not None), None)
@@ -347,15 +360,17 @@ def parse_dispatch(
     obj = found.fields
     raw_expert = _first(obj, _EXPERT_KEYS)
     if isinstance(raw_expert, list):  # the same key on several lines
-        experts = {normalize_expert(v) for v in raw_expert}
+        experts = {normalize_expert(v, ocr=ocr) for v in raw_expert}
         raw_expert = raw_expert[0] if len(experts) == 1 else " ".join(raw_expert)
-    expert = normalize_expert(raw_expert)
+    expert = normalize_expert(raw_expert, ocr=ocr)
     if expert is None:
         raise ParseError(f"unknown expert {str(raw_expert)[:60]!r}")
     questions = _as_questions(_first(obj, _QUESTIONS_KEYS)) + _as_questions(
         _first(obj, _QUESTION_KEYS)
     )
     questions = list(dict.fromkeys(questions))  # de-duplicate, keep order
+    if not questions and expert == "ocr":
+        questions = [OCR_DEFAULT_QUESTION]
     if not questions:
         raise ParseError(f"no sub-question for the {expert} expert")
     limit = max(1, max_questions) if (parallel and expert == "vision") else 1

@@ -46,6 +46,12 @@ PROMPT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         frozenset({"question", "memory", "max_questions"}),
         frozenset({"history", "last_expert"}),
     ),
+    # the dispatcher when the run offers the OCR expert too (optional prompts, see OPTIONAL)
+    "dispatcher_ocr": (frozenset({"question", "memory"}), frozenset({"history", "last_expert"})),
+    "dispatcher_parallel_ocr": (
+        frozenset({"question", "memory", "max_questions"}),
+        frozenset({"history", "last_expert"}),
+    ),
     # the vision expert sees the sub-question and nothing else (no question, memory or format)
     "vision": (frozenset({"sub_question"}), frozenset()),
     "insight": (frozenset({"memory", "sub_question"}), frozenset({"history"})),
@@ -80,9 +86,17 @@ PROMPT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "memory_vision": (frozenset({"content"}), frozenset({"n", "sub_question"})),
     "memory_insight": (frozenset({"content"}), frozenset({"n", "sub_question"})),
     "memory_referee": (frozenset({"content"}), frozenset({"n", "sub_question"})),
+    "memory_ocr": (frozenset({"content"}), frozenset({"n", "sub_question"})),
     "omitted_notes": (frozenset({"count"}), frozenset()),
     "omitted_turns": (frozenset({"count"}), frozenset()),
 }
+
+
+#: prompts a folder may leave out: the OCR expert's (a run with OCR needs them, see
+#: :meth:`PromptSet.has`); so a custom prompts_dir written before the OCR expert still loads
+OPTIONAL: frozenset[str] = frozenset({"dispatcher_ocr", "dispatcher_parallel_ocr", "memory_ocr"})
+#: the prompts a run with the OCR expert needs
+OCR_PROMPTS = OPTIONAL
 
 
 class PromptError(ValueError):
@@ -182,6 +196,9 @@ class PromptSet:
     def __getitem__(self, name: str) -> Prompt:
         return self._prompts[name]
 
+    def has(self, *names: str) -> bool:
+        return all(name in self._prompts for name in names)
+
     def text(self, name: str, **fields: Any) -> str:
         return self._prompts[name].render(**fields)
 
@@ -193,7 +210,7 @@ class PromptSet:
         if not files:
             raise PromptError(f"no prompt templates (*.yaml) in {folder}")
         raw = _read(files)
-        missing = sorted(set(PROMPT_FIELDS) - set(raw))
+        missing = sorted(set(PROMPT_FIELDS) - OPTIONAL - set(raw))
         if missing:
             raise PromptError(f"prompt(s) missing from {folder}: {missing}")
         prompts = {name: _check(name, entry, path) for name, (entry, path) in raw.items()}

@@ -23,6 +23,11 @@ A ModelError from the summarizer or the fallback (the final answer) fails the ru
 any call, ``ModelUnavailable`` (the model is down or its circuit breaker open) or
 ``ContextLengthExceeded`` (every round would be refused alike): no round is spent on those.
 
+The OCR expert (opt-in: ``agent.ocr`` / request ``ocr``): the dispatcher gets the
+``dispatcher_ocr`` prompt (the ``dispatcher`` prompt is untouched when OCR is off), "ocr" joins the
+schema's expert enum and the parser's known experts, and an OCR decision reads the text of every
+image (RapidOCR, cached per image) into memory like an expert's answer: a Step of role "ocr".
+
 Parallel perception (opt-in): the dispatcher may ask up to ``max_parallel_questions`` visual
 sub-questions in one decision; they run concurrently (one batch for the backend), each answer is a
 memory entry, their steps carry ``parallel=True``, and the referee runs once after the round.
@@ -48,6 +53,7 @@ from agents.types import Step
 from models.types import Message
 
 _EXPERTS = ["vision", "insight"]
+_EXPERTS_OCR = ["vision", "insight", "ocr"]
 
 # Property order matters: constrained decoding writes the properties in this order, so the
 # thought comes before the decision it informs.
@@ -70,12 +76,21 @@ VERDICT_SCHEMA: dict[str, Any] = {
 }
 
 
-def parallel_dispatch_schema(max_questions: int) -> dict[str, Any]:
+def dispatch_schema(ocr: bool = False) -> dict[str, Any]:
+    """The dispatcher's schema; with the OCR expert when the run offers it."""
+    if not ocr:
+        return DISPATCH_SCHEMA
+    schema = {**DISPATCH_SCHEMA, "properties": dict(DISPATCH_SCHEMA["properties"])}
+    schema["properties"]["expert"] = {"type": "string", "enum": _EXPERTS_OCR}
+    return schema
+
+
+def parallel_dispatch_schema(max_questions: int, ocr: bool = False) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
             "thought": {"type": "string"},
-            "expert": {"type": "string", "enum": _EXPERTS},
+            "expert": {"type": "string", "enum": _EXPERTS_OCR if ocr else _EXPERTS},
             "questions": {
                 "type": "array",
                 "items": {"type": "string"},
@@ -128,6 +143,10 @@ async def run_proreason(ctx: RunContext) -> AsyncIterator[Step]:
                 added += _remember(ctx, vstep, "vision", vstep.output)
                 yield vstep
                 ctx.raise_if_fatal(vstep)
+        elif decision.expert == "ocr":
+            ostep = await ctx.read_text(round=rnd, sub_question=decision.question)
+            added += _remember(ctx, ostep, "ocr", ostep.output)
+            yield ostep
         else:
             istep = await _insight(ctx, rnd, decision.question)
             if not istep.error:
@@ -189,6 +208,7 @@ def _read_dispatch(ctx: RunContext, step: Step) -> DispatchDecision | None:
             step.output,
             parallel=ctx.options.parallel_perception,
             max_questions=ctx.config.max_parallel_questions,
+            ocr=ctx.options.ocr,
         )
     except ParseError as exc:
         ctx.parse_failed(step, str(exc))
@@ -241,8 +261,9 @@ def _insight_conclusion(ctx: RunContext, step: Step) -> str:
 async def _dispatch(ctx: RunContext, rnd: int, last_expert: str) -> Step:
     parallel = ctx.options.parallel_perception
     limit = ctx.config.max_parallel_questions
-    name = "dispatcher_parallel" if parallel else "dispatcher"
-    schema = parallel_dispatch_schema(limit) if parallel else DISPATCH_SCHEMA
+    ocr = ctx.options.ocr
+    name = ("dispatcher_parallel" if parallel else "dispatcher") + ("_ocr" if ocr else "")
+    schema = parallel_dispatch_schema(limit, ocr) if parallel else dispatch_schema(ocr)
     return await ctx.call(
         "dispatcher",
         ctx.text,

@@ -20,7 +20,7 @@ from typing import TypeVar, get_args
 
 from agents.baselines import run_baseline
 from agents.config import AgentConfig
-from agents.prompts import DEFAULT_SET, PromptError, PromptSet
+from agents.prompts import DEFAULT_SET, OCR_PROMPTS, PromptError, PromptSet
 from agents.proreason import run_proreason
 from agents.run import RunContext
 from agents.types import (
@@ -37,7 +37,8 @@ from agents.types import (
     RunResult,
     Step,
 )
-from models.errors import InvalidRequest
+from models.errors import InvalidRequest, ModelLoadError
+from models.ocr import OcrEngine, ocr_available
 from models.types import Usage
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Reasoner:
         config: AgentConfig,
         *,
         prompts: PromptSet | Mapping[str, PromptSet] | None = None,
+        ocr: OcrEngine | None = None,
     ) -> None:
         self.models = models
         self.config = config
@@ -111,6 +113,31 @@ class Reasoner:
                 f"agent.prompts: no prompt set {config.prompts!r}; have {', '.join(sorted(sets))}"
             )
         self.prompt_sets: dict[str, PromptSet] = sets
+        #: the OCR expert's engine (loaded on its first read); None when the extra is missing
+        if ocr is None and ocr_available():
+            ocr = OcrEngine(
+                timeout_s=config.ocr_timeout_s,
+                cache_size=config.ocr_cache_size,
+                min_score=config.ocr_min_score,
+            )
+        self.ocr = ocr
+        served = models.vision.adapters | (models.text.adapters if models.text else frozenset())
+        unknown = {r: a for r, a in config.adapters.items() if a not in served}
+        if unknown:
+            raise ModelLoadError(
+                "agent.adapters: no backend serves "
+                + ", ".join(f"{a!r} (for {r})" for r, a in sorted(unknown.items()))
+                + f"; served: {', '.join(sorted(served)) or 'none'}"
+            )
+        if config.ocr and ocr is None:
+            raise ModelLoadError(
+                "agent.ocr: the OCR expert needs RapidOCR: pip install 'proreason[ocr]'"
+            )
+        if config.ocr and not self.prompts.has(*OCR_PROMPTS):
+            raise PromptError(
+                f"agent.ocr: prompt set {config.prompts!r} lacks the OCR expert's prompts "
+                f"({', '.join(sorted(OCR_PROMPTS))})"
+            )
 
     @property
     def prompts(self) -> PromptSet:
@@ -144,12 +171,21 @@ class Reasoner:
             prompts=pick(options.prompts, cfg.prompts),
             top_p=options.top_p,
             seed=options.seed,
+            ocr=bool(pick(options.ocr, cfg.ocr)),
         )
         if resolved.prompts not in self.prompt_sets:
             raise InvalidRequest(
                 f"unknown prompt set {resolved.prompts!r}; choose one of "
                 f"{', '.join(sorted(self.prompt_sets))}",
                 param="prompts",
+            )
+        if resolved.ocr and self.ocr is None:
+            raise InvalidRequest(
+                "this server has no OCR expert (the 'ocr' extra is not installed)", param="ocr"
+            )
+        if resolved.ocr and not self.prompt_sets[resolved.prompts].has(*OCR_PROMPTS):
+            raise InvalidRequest(
+                f"prompt set {resolved.prompts!r} has no OCR expert prompts", param="ocr"
             )
         if resolved.method not in METHODS:
             raise InvalidRequest(
@@ -193,7 +229,9 @@ class Reasoner:
 
     async def stream(self, job: Job) -> AsyncIterator[Step | RunResult]:
         """Yield each Step of a prepared Job as its model call finishes, then one RunResult."""
-        ctx = RunContext(job, self.models, self.prompt_sets[job.options.prompts], self.config)
+        ctx = RunContext(
+            job, self.models, self.prompt_sets[job.options.prompts], self.config, ocr=self.ocr
+        )
         method = run_proreason(ctx) if job.options.method == "proreason" else run_baseline(ctx)
         try:
             async for step in method:

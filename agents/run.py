@@ -23,6 +23,7 @@ from agents.prompts import PromptSet
 from agents.types import Job, ModelSet, Step, StopReason
 from models.base import ModelBackend
 from models.errors import ContextLengthExceeded, ModelError, ModelUnavailable
+from models.ocr import OcrEngine, OcrResult
 from models.types import GenerationRequest, ImageInput, Message, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,13 @@ class RunContext:
     """One question being answered: models, memory, the steps so far, notes and counters."""
 
     def __init__(
-        self, job: Job, models: ModelSet, prompts: PromptSet, config: AgentConfig
+        self,
+        job: Job,
+        models: ModelSet,
+        prompts: PromptSet,
+        config: AgentConfig,
+        *,
+        ocr: OcrEngine | None = None,
     ) -> None:
         self.question = job.question
         self.options = job.options
@@ -47,6 +54,7 @@ class RunContext:
         self.config = config
         self.vision = models.vision
         self.text = models.for_text_roles(self.options.mode)
+        self.ocr = ocr
         self.memory = Memory()
         self.steps: list[Step] = []
         self.notes: list[str] = []
@@ -248,6 +256,17 @@ class RunContext:
         self.steps.append(step)
         return step
 
+    def _adapter(self, role: str, backend: ModelBackend) -> str | None:
+        """The role's adapter when its backend serves it (pure mode may put a text role's
+        adapter on the LVLM, which lacks it: then the base model answers, noted once)."""
+        name = self.config.adapters.get(role)
+        if name is None:
+            return None
+        if name in backend.adapters:
+            return name
+        self.note(f"{role}: adapter {name!r} is not served by {backend.model!r}; base model")
+        return None
+
     async def execute(
         self,
         step: Step,
@@ -262,6 +281,7 @@ class RunContext:
             json_schema=json_schema,
             request_id=f"{self.run_id}-{step.index}",
             session_id=self.run_id,
+            adapter=self._adapter(step.role, backend),
         )
         start = time.perf_counter()
         step.started_at = start - self._t0
@@ -295,6 +315,37 @@ class RunContext:
         step = self.new_step(role, backend, round=round, sub_question=sub_question)
         return await self.execute(step, backend, messages, json_schema)
 
+    async def read_text(self, *, round: int, sub_question: str | None = None) -> Step:
+        """The OCR expert: the text of every image of the question, as one Step (role "ocr",
+        its latency, no tokens). A ModelError (timeout, engine failure) is recorded on the step."""
+        if self.ocr is None:  # Reasoner.resolve refuses ocr without an engine
+            raise RuntimeError("the OCR expert was asked for but there is no OCR engine")
+        step = Step(
+            index=len(self.steps),
+            round=round,
+            role="ocr",
+            model=self.ocr.name,
+            backend="ocr",
+            sub_question=sub_question,
+        )
+        self.steps.append(step)
+        start = time.perf_counter()
+        step.started_at = start - self._t0
+        try:
+            results = [await self.ocr.read(image) for image in self.question.images]
+        except ModelError as exc:
+            step.error = f"{type(exc).__name__}: {exc.message}"
+            self._errors[step.index] = exc
+            self.note(f"round {step.round} ocr: failed ({step.error})")
+        else:
+            step.output = format_ocr(results)
+            step.finish_reason = "stop"
+            if results and all(r.cached for r in results):
+                self.note(f"round {step.round} ocr: text from the cache")
+        finally:
+            step.latency_s = time.perf_counter() - start
+        return step
+
     # ------------------------------------------------------------------------------ final answer
 
     def finish(self, step: Step, stop_reason: StopReason) -> None:
@@ -315,3 +366,18 @@ class RunContext:
         self.answer = final_answer(step.output)
         if not self.answer:
             self.note(f"{step.role} returned an empty answer")
+
+
+def format_ocr(results: Sequence[OcrResult]) -> str:
+    """The OCR expert's answer: per image, one line per row of text in reading order, each cell
+    ``[left,top,right,bottom] text``, cells of a row separated by `` | ``."""
+    parts = []
+    for i, result in enumerate(results, start=1):
+        w, h = result.size
+        head = f"Image {i} ({w}x{h} px):"
+        rows = [
+            " | ".join(f"[{','.join(map(str, line.box))}] {line.text}" for line in row)
+            for row in result.rows
+        ]
+        parts.append("\n".join([head, *rows]) if rows else f"{head} no text found")
+    return "\n".join(parts)

@@ -50,6 +50,8 @@ class RunOptions:
     prompts: str | None = None
     top_p: float | None = None  # None: the model's default
     seed: int | None = None
+    #: offer the dispatcher the OCR expert (needs the ``ocr`` extra); None: ``agent.ocr``
+    ocr: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class ResolvedOptions:
     prompts: str = "default"
     top_p: float | None = None
     seed: int | None = None
+    ocr: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,8 @@ class Step:
 
     index: int
     round: int  # 0 for calls outside the loop (baselines, direct answers)
-    role: str  # dispatcher | vision | insight | referee | summarizer | fallback | direct | ...
+    #: dispatcher | vision | ocr | insight | referee | summarizer | fallback | direct | ...
+    role: str
     model: str
     backend: str
     sub_question: str | None = None

@@ -28,6 +28,8 @@ class ModelBackend(ABC):
     supports_json_schema: bool = False
     #: whether the model accepts images
     supports_images: bool = True
+    #: the LoRA adapters ``GenerationRequest.adapter`` may name (``BackendConfig.adapters``)
+    adapters: frozenset[str] = frozenset()
 
     @abstractmethod
     async def generate(self, request: GenerationRequest) -> GenerationResult: ...

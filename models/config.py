@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -47,6 +49,32 @@ class BackendConfig(BaseModel):
     #: not know (``transformers serve`` answers 422 to vLLM's ``min_tokens``, ``top_k``, ...):
     #: the fields are hints, so dropping them beats failing every call. See docs/upstreams.md.
     omit_fields: list[str] = Field(default_factory=list)
+
+    #: LoRA adapters, name -> local folder (transformers: PEFT adapters loaded once; vllm: a
+    #: ``LoRARequest`` per call, needs ``engine_args: {enable_lora: true}``). For ``openai`` the
+    #: name is the adapter's served model name (vLLM ``--lora-modules NAME=PATH``); its path is
+    #: not read here and may be empty. Roles pick one with ``agent.adapters``.
+    adapters: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+                raise ValueError(f"adapter name {name!r}: letters, digits, '.', '_' or '-'")
+        return value
+
+    def check_adapter_paths(self) -> None:
+        """Every adapter folder exists and holds ``adapter_config.json`` (ModelLoadError)."""
+        from models.errors import ModelLoadError
+
+        for name, path in self.adapters.items():
+            folder = Path(path).expanduser()
+            if not (folder / "adapter_config.json").is_file():
+                raise ModelLoadError(
+                    f"adapter {name!r}: {path!r} is not a LoRA adapter folder "
+                    "(no adapter_config.json)"
+                )
 
     @field_validator("omit_fields")
     @classmethod

@@ -327,6 +327,7 @@ class OpenAIBackend(ModelBackend):
         self.config = config
         self.base_url = base_url
         self.supports_json_schema = config.structured_output
+        self.adapters = frozenset(config.adapters)
         self._headers = {"Accept": "application/json", "User-Agent": "proreason"}
         if config.api_key is not None:
             self._headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
@@ -404,7 +405,7 @@ class OpenAIBackend(ModelBackend):
     def _body(self, request: GenerationRequest, *, stream: bool = False) -> dict[str, Any]:
         body = build_chat_body(
             request,
-            self.model,
+            request.adapter or self.model,  # a LoRA adapter is addressed by its served name
             structured_output=self.supports_json_schema,
             stream=stream,
             media_ids=self.config.media_ids,

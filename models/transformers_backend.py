@@ -25,6 +25,13 @@ Batching
     Stop strings are applied after generation (the text is cut at the first stop string).
     ``json_schema`` is not enforced (``supports_json_schema = False``); callers parse tolerantly.
 
+LoRA adapters
+    ``BackendConfig.adapters`` (name -> PEFT adapter folder) are loaded once, at start, onto the
+    model (``PeftModel``). A request picks one with ``GenerationRequest.adapter`` (None: the base
+    model). Requests for different adapters share a micro-batch: PEFT's mixed-adapter batching
+    (``generate(adapter_names=[...])``, ``"__base__"`` for the base model) runs each row through
+    its own adapter. A missing folder or an unknown request adapter is a clear error.
+
 Image cache
     Image preprocessing (resize + normalise into ``pixel_values``) is cached per
     ``ImageInput.sha256`` (LRU, ``image_cache_size`` entries): every perception round of a question
@@ -46,6 +53,7 @@ import logging
 import socket
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -220,6 +228,7 @@ class TransformersBackend(ModelBackend):
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config.model, context_length=config.context_length)
         self.config = config
+        self.adapters = frozenset(config.adapters)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proreason-hf")
         self.batcher: MicroBatcher[GenerationRequest, GenerationResult] = MicroBatcher(
             self._generate,
@@ -255,6 +264,7 @@ class TransformersBackend(ModelBackend):
                 return
             if self._load_error is not None:
                 raise self._load_error
+            self.config.check_adapter_paths()  # a bad folder fails here, before the weights
             loop = asyncio.get_running_loop()
             try:
                 self._lm = await loop.run_in_executor(self._executor, self._load)
@@ -333,6 +343,10 @@ class TransformersBackend(ModelBackend):
             raise InvalidRequest(f"model {self.model!r} is text-only and does not accept images")
         if not request.messages:
             raise InvalidRequest("a request needs at least one message")
+        if request.adapter is not None and request.adapter not in self.adapters:
+            raise InvalidRequest(
+                f"model {self.model!r} has no adapter {request.adapter!r}", param="adapter"
+            )
         s = request.sampling
         if s.max_tokens < 1 or (s.min_tokens is not None and s.min_tokens > s.max_tokens):
             raise InvalidRequest("need 1 <= min_tokens <= max_tokens", param="max_tokens")
@@ -432,6 +446,7 @@ class TransformersBackend(ModelBackend):
                 f"cannot load model {self.model!r}: it has no chat template (not a chat model?)"
             )
         model = model_cls.from_pretrained(source, dtype=dtype, **kw)
+        model = self._with_adapters(model)
         model.to(device)
         model.eval()
         tokenizer.padding_side = "left"  # right padding silently corrupts batched generation
@@ -466,6 +481,35 @@ class TransformersBackend(ModelBackend):
             count_tokenizer=copy.deepcopy(tokenizer),
             guard=SpecialTokenGuard.for_tokenizer(tokenizer, processor),
         )
+
+    def _with_adapters(self, model: Any) -> Any:
+        """``model`` with every configured LoRA adapter loaded (PEFT), or ``model`` itself."""
+        if not self.config.adapters:
+            return model
+        try:
+            from peft import PeftModel
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"model {self.model!r}: adapters need PEFT: pip install 'proreason[lora]'"
+            ) from exc
+        items = list(self.config.adapters.items())
+        name, path = items[0]
+        try:
+            with warnings.catch_warnings():
+                # PEFT (0.21) calls transformers 5's deprecated is_gradient_checkpointing
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing")
+                peft = PeftModel.from_pretrained(
+                    model, path, adapter_name=name, is_trainable=False
+                )
+                for name, path in items[1:]:
+                    peft.load_adapter(path, adapter_name=name, is_trainable=False)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model {self.model!r}: adapter {name!r} ({path}) does not load: "
+                f"{_first_line(exc)}"
+            ) from exc
+        logger.info("model %s: adapters %s loaded", self.model, ", ".join(n for n, _ in items))
+        return peft
 
     def _device(self, torch: Any) -> Any:
         name = self.config.device
@@ -526,6 +570,8 @@ class TransformersBackend(ModelBackend):
             kwargs["streamer"] = streamer
         if stop is not None:
             kwargs["stopping_criteria"] = lm.hf.StoppingCriteriaList([_EventStop(stop, torch)])
+        if self.adapters:  # mixed-adapter batching: each row through its own adapter
+            kwargs["adapter_names"] = [r.adapter or "__base__" for r in requests]
         if sampling.seed is not None and kwargs.get("do_sample"):
             torch.manual_seed(sampling.seed)
         with torch.inference_mode():

@@ -132,6 +132,8 @@ class GenerationRequest:
     #: consistent-hash balancer keeps the question on one server (and its prefix cache); vLLM
     #: in-process takes it as ``session_id``
     session_id: str | None = None
+    #: the LoRA adapter to answer with (a name from the backend's ``adapters``); None: the base
+    adapter: str | None = None
 
     @property
     def images(self) -> list[ImageInput]:

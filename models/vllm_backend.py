@@ -108,6 +108,8 @@ class VLLMApi:
     ChatParams: Callable[..., Any] | None = None
     #: ``vllm.utils.mistral.is_mistral_tokenizer`` (Mistral templates render to token ids)
     is_mistral_tokenizer: Callable[[Any], bool] | None = None
+    #: ``vllm.lora.request.LoRARequest(lora_name, lora_int_id, lora_path)``
+    LoRARequest: Callable[..., Any] | None = None
 
 
 def load_vllm_api() -> VLLMApi:
@@ -134,6 +136,10 @@ def load_vllm_api() -> VLLMApi:
         from vllm.utils.mistral import is_mistral_tokenizer
     except ImportError:
         is_mistral_tokenizer = None
+    try:
+        from vllm.lora.request import LoRARequest
+    except ImportError:
+        LoRARequest = None
 
     def create_engine(config: BackendConfig) -> Any:
         engine_args = dict(config.engine_args)
@@ -148,6 +154,7 @@ def load_vllm_api() -> VLLMApi:
         create_engine,
         ChatParams=ChatParams,
         is_mistral_tokenizer=is_mistral_tokenizer,
+        LoRARequest=LoRARequest,
     )
 
 
@@ -294,6 +301,9 @@ class VLLMBackend(ModelBackend):
         super().__init__(config.model, context_length=config.context_length)
         self.config = config
         self.supports_json_schema = config.structured_output
+        self.adapters = frozenset(config.adapters)
+        #: adapter name -> LoRARequest, built at start (ids from 1, in config order)
+        self._lora: dict[str, Any] = {}
         self._api = api
         self._engine = engine
         self._owns_engine = engine is None
@@ -331,6 +341,7 @@ class VLLMBackend(ModelBackend):
             if self._api.StructuredOutputsParams is None:
                 self.supports_json_schema = False
             self._takes_session_id = _accepts_keyword(self._engine.generate, "session_id")
+            self._load_adapters()
             if self._prompt_builder is None:
                 renderer_prompt = RendererPrompt.for_engine(self._engine, self._api)
                 if renderer_prompt is not None:
@@ -339,6 +350,23 @@ class VLLMBackend(ModelBackend):
                 else:
                     self._prompt_builder = ChatTemplatePrompt(await self._template_owner())
             self._started = True
+
+    def _load_adapters(self) -> None:
+        """One LoRARequest per configured adapter; a bad folder fails the start, not a call."""
+        if not self.config.adapters:
+            return
+        self.config.check_adapter_paths()
+        if self._api is None or self._api.LoRARequest is None:
+            raise ModelLoadError("this vLLM has no LoRARequest: adapters are not supported")
+        if not self.config.engine_args.get("enable_lora") and self._owns_engine:
+            raise ModelLoadError(
+                f"{self.model!r}: adapters need engine_args: {{enable_lora: true}} "
+                "(and max_loras >= the adapters used at once)"
+            )
+        self._lora = {
+            name: self._api.LoRARequest(name, i, str(path))
+            for i, (name, path) in enumerate(self.config.adapters.items(), start=1)
+        }
 
     def _read_model_config(self, model_config: Any) -> None:
         if model_config is None:
@@ -497,6 +525,10 @@ class VLLMBackend(ModelBackend):
         extra: dict[str, Any] = {}
         if request.session_id and self._takes_session_id:
             extra["session_id"] = request.session_id
+        if request.adapter is not None:
+            if request.adapter not in self._lora:
+                raise ModelRejected(f"{self.model!r} serves no adapter {request.adapter!r}")
+            extra["lora_request"] = self._lora[request.adapter]
         outputs = engine.generate(prompt, params, request_id, **extra)
         try:
             async for output in outputs:

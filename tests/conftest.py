@@ -31,3 +31,14 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from models.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def ocr_engine():
+    """The real OCR engine (RapidOCR, bundled ONNX models), loaded once per test session;
+    skipped without the ``ocr`` extra. Its cache is shared, so each drawn image is read once."""
+    from models.ocr import OcrEngine, ocr_available
+
+    if not ocr_available():
+        pytest.skip("the ocr extra (rapidocr, onnxruntime) is not installed")
+    return OcrEngine(timeout_s=120)

@@ -20,7 +20,7 @@ from models.errors import InvalidRequest, MediaError
 from models.types import ContentPart, ImageInput, ImagePart, Message, TextPart
 
 #: fields of the ``proreason`` extension, as the Reasoner names them in its errors
-_EXTENSION_PARAMS = ("options", "answer_format", "max_rounds", "prompts")
+_EXTENSION_PARAMS = ("options", "answer_format", "max_rounds", "prompts", "ocr")
 
 
 #: OpenAI's limit on ``stop`` sequences
@@ -171,6 +171,7 @@ async def prepare_chat(
         max_tokens=req.max_completion_tokens or req.max_tokens,
         temperature=req.temperature,
         prompts=ext.prompts if ext else None,
+        ocr=ext.ocr if ext else None,
         top_p=req.top_p,
         seed=req.seed,
     )

@@ -62,6 +62,8 @@ class ProReasonExtension(BaseModel):
     timeout_s: StrictFloat | None = Field(None, gt=0)
     #: the prompt set: "default" (JSON decisions) or "reference" (the authors' text protocol)
     prompts: str | None = Field(None, max_length=32)
+    #: offer the dispatcher the OCR expert (reads the text in the image); None: agent.ocr
+    ocr: StrictBool | None = None
     #: where streamed agent steps go: the delta field vLLM uses for reasoning text, the older
     #: DeepSeek name, or nowhere
     step_field: Literal["reasoning", "reasoning_content", "none"] = "reasoning"

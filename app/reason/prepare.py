@@ -33,6 +33,7 @@ async def prepare_reason(
         max_tokens=params.max_tokens,
         temperature=params.temperature,
         prompts=params.prompts,
+        ocr=params.ocr,
     )
     started = time.perf_counter()
     paths = [f"images[{i}]" for i in range(len(refs))]

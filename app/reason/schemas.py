@@ -40,6 +40,11 @@ class ReasonParams(BaseModel):
     timeout_s: float | None = Field(
         None, gt=0, description="lower the server's request deadline for this request"
     )
+    ocr: bool | None = Field(
+        None,
+        description="offer the dispatcher the OCR expert (reads the text in the image, with "
+        "positions); default: the server's agent.ocr",
+    )
 
 
 class ReasonForm(ReasonParams):

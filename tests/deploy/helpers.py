@@ -42,6 +42,7 @@ PROFILE_SETS: dict[str, tuple[str, ...]] = {
     "scale": ("scale",),
     "inprocess": ("inprocess",),
     "scale+inprocess": ("scale", "inprocess"),
+    "lora": ("lora",),
 }
 #: the secret .env.example leaves empty on purpose; tests supply it
 TEST_SECRETS = {"API_KEYS": "test-key-1,test-key-2"}

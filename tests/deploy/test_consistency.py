@@ -9,7 +9,6 @@ import re
 from urllib.parse import urlsplit
 
 import pytest
-from pydantic import ValidationError
 
 from app.settings import Settings, unknown_env_vars
 from models.config import BackendConfig
@@ -18,7 +17,6 @@ from tests.deploy.helpers import (
     COMPOSE,
     DOCUMENTED_APP_PATHS,
     ENV_PREFIX,
-    ROOT,
     SETTINGS_LOCATOR_VARS,
     TEST_SECRETS,
     dockerfile_stages,
@@ -31,7 +29,12 @@ from tests.deploy.helpers import (
 )
 
 #: app service -> Dockerfile stage it runs
-APP_SERVICES = {"app": "service", "app-replica": "service", "app-inprocess": "gpu"}
+APP_SERVICES = {
+    "app": "service",
+    "app-replica": "service",
+    "app-inprocess": "gpu",
+    "app-lora": "service",
+}
 #: the API keys docker compose passes to every app service (from .env's API_KEYS)
 TEST_KEYS = TEST_SECRETS["API_KEYS"]
 #: the app's model role -> the compose service that serves it
@@ -187,16 +190,27 @@ def test_dockerfile_healthcheck_hits_a_real_route(container_settings):
         assert settings.server.host == "0.0.0.0"
 
 
-@pytest.mark.parametrize("stage", sorted(set(APP_SERVICES.values())))
-def test_image_without_api_keys_refuses_to_start(container_settings, stage):
-    """`docker run proreason` with neither keys nor the explicit opt-out fails in one line that
-    says what to set; the opt-out documented in docker/README.md starts it."""
-    with pytest.raises(ValidationError) as info:
-        container_settings(stage, {})
-    (error,) = info.value.errors()
-    assert error["loc"] == ("server",)
-    assert "server.api_keys" in error["msg"] and "PROREASON_SERVER__API_KEYS" in error["msg"]
-    assert "server.allow_unauthenticated" in error["msg"]
-    opted = container_settings(stage, {"PROREASON_SERVER__ALLOW_UNAUTHENTICATED": "true"})
-    assert opted.server.host == "0.0.0.0" and opted.server.open_to_network
-    assert "PROREASON_SERVER__ALLOW_UNAUTHENTICATED=true" in (ROOT / "docker/README.md").read_text()
+@pytest.mark.parametrize(("files", "profiles"), [c for c in COMBINATIONS if "lora" in c.id])
+def test_lora_app_names_the_adapters_its_text_server_serves(
+    rendered, container_settings, files, profiles
+):
+    cfg = rendered(files, profiles)
+    command = cfg.services["llm-lora"]["command"]
+    assert "--enable-lora" in command
+    start = command.index("--lora-modules") + 1
+    modules = {}
+    for token in command[start:]:
+        if token.startswith("--"):
+            break
+        name, _, path = token.partition("=")
+        modules[name] = path
+    settings = container_settings("service", cfg.services["app-lora"]["environment"])
+    text = settings.models.text
+    assert text is not None and urlsplit(text.base_url).hostname == "llm-lora"
+    assert set(text.adapters) == set(modules) == set(settings.agent.adapters.values())
+    assert all(path.startswith("/adapters/") for path in modules.values())
+    mounts = {v["target"]: v for v in cfg.services["llm-lora"]["volumes"]}
+    assert mounts["/adapters"]["read_only"] is True
+    assert text.model == cfg.services["llm-lora"]["command"][0]
+#: the API keys docker compose passes to every app service (from .env's API_KEYS)
+TEST_KEYS = TEST_SECRETS["API_KEYS"]
