@@ -25,9 +25,18 @@ PLAYGROUND_CSP = (
     "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 
+#: /docs and /redoc: their inline bootstrap scripts run, nothing is loaded from elsewhere (ReDoc's
+#: sidebar would fetch its logo from the vendor's CDN)
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; "
+    "connect-src 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
 INDEX_HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ProReason</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,"></head>
 <body style="font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto; color: #111">
 <h1>ProReason</h1>
 <p>Visual reasoning as a service.</p>
@@ -61,23 +70,32 @@ def install_pages(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="openapi.json",
-            title=f"{app.title} - API reference",
-            swagger_js_url="docs-assets/swagger-ui-bundle.js",
-            swagger_css_url="docs-assets/swagger-ui.css",
-            swagger_favicon_url="docs-assets/favicon.png",
-            oauth2_redirect_url=None,  # Bearer keys only, no OAuth flow
-            # no badge fetched from the public validator
-            swagger_ui_parameters={"validatorUrl": None},
+        return _with_csp(
+            get_swagger_ui_html(
+                openapi_url="openapi.json",
+                title=f"{app.title} - API reference",
+                swagger_js_url="docs-assets/swagger-ui-bundle.js",
+                swagger_css_url="docs-assets/swagger-ui.css",
+                swagger_favicon_url="docs-assets/favicon.png",
+                oauth2_redirect_url=None,  # Bearer keys only, no OAuth flow
+                # no badge fetched from the public validator
+                swagger_ui_parameters={"validatorUrl": None},
+            )
         )
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url="openapi.json",
-            title=f"{app.title} - ReDoc",
-            redoc_js_url="docs-assets/redoc.standalone.js",
-            redoc_favicon_url="docs-assets/favicon.png",
-            with_google_fonts=False,
+        return _with_csp(
+            get_redoc_html(
+                openapi_url="openapi.json",
+                title=f"{app.title} - ReDoc",
+                redoc_js_url="docs-assets/redoc.standalone.js",
+                redoc_favicon_url="docs-assets/favicon.png",
+                with_google_fonts=False,
+            )
         )
+
+
+def _with_csp(response: HTMLResponse) -> HTMLResponse:
+    response.headers["Content-Security-Policy"] = DOCS_CSP
+    return response

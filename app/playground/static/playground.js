@@ -196,7 +196,7 @@ class RunPanel {
     if (err.request_id) lines.push(`request id: ${err.request_id}`);
     this.errorBox.textContent = lines.filter(Boolean).join("\n");
     this.errorBox.hidden = false;
-    (err.steps || []).forEach((s) => this.addStep(s));
+    if (!this.steps.length) (err.steps || []).forEach((s) => this.addStep(s));
     this.root.dataset.state = "error";
     this.root.dataset.status = String(status || "stream");
     this.setStatus("Failed.");
