@@ -3,7 +3,9 @@ uvicorn on loopback with scripted FakeModels.
 
 Never ``playwright install`` (it downloads browsers): the system chromium is launched with
 ``executable_path``. ``.ci/run`` installs chromium (apt, as root) and the ``browser`` extra; where
-either is missing the tests skip and say why. One browser per session; a fresh context per test.
+either is missing the tests skip and say why. One browser for the module (all the browser tests
+live in one), a fresh context per test: Playwright's sync API keeps an event loop running in the
+main thread while it is open, so it must be closed before the asyncio tests of later modules.
 
 Screenshots go to ``$PROREASON_BROWSER_ARTIFACTS`` if set, else a pytest temporary directory.
 """
@@ -37,7 +39,7 @@ def chromium_path() -> str | None:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
