@@ -28,7 +28,7 @@ from tests.fakes.models import FakeModel
 
 AXE_JS = Path(__file__).parent / "vendor" / "axe-core-4.14.1" / "axe.min.js"
 #: each scripted model call takes this long, so the trace visibly arrives step by step
-CALL_S = 0.25
+CALL_S = 0.15
 
 
 def chromium_path() -> str | None:

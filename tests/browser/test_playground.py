@@ -88,6 +88,35 @@ def test_compare_direct_and_proreason_side_by_side(visit, live, shapes_png: Path
     assert v.off_loopback() == []
 
 
+DROP_AND_PASTE = """async (bytes) => {
+    const file = (name) => new File([new Uint8Array(bytes)], name, {type: "image/png"});
+    const dropped = new DataTransfer();
+    dropped.items.add(file("dropped.png"));
+    document.getElementById("drop").dispatchEvent(
+        new DragEvent("drop", {dataTransfer: dropped, bubbles: true, cancelable: true}));
+    const pasted = new DataTransfer();
+    pasted.items.add(file("pasted.png"));
+    document.dispatchEvent(
+        new ClipboardEvent("paste", {clipboardData: pasted, bubbles: true, cancelable: true}));
+}"""
+
+
+def test_images_by_drop_paste_and_pick(visit, live, shapes_png: Path) -> None:
+    page = open_playground(visit(), live.url)
+    page.evaluate(DROP_AND_PASTE, list(shapes_png.read_bytes()))
+    page.set_input_files("#files", str(shapes_png))
+    names = page.locator("#thumbs span").all_inner_texts()
+    assert names == ["dropped.png", "pasted.png", "shapes.png"]
+    page.get_by_role("button", name="Remove image 2 (pasted.png)").click()
+    assert page.locator("#thumbs span").all_inner_texts() == ["dropped.png", "shapes.png"]
+    ask(page, "Which shapes are there?")
+    page.wait_for_selector(".run[data-state=done]", timeout=TIMEOUT_MS)
+    assert "stop reason: solved" in page.locator(".run .final").inner_text()
+    page.get_by_role("button", name="Copy as curl").click()
+    curl = page.locator("#snippet").inner_text()
+    assert "files=@dropped.png" in curl and "files=@shapes.png" in curl
+
+
 def test_a_bad_image_is_a_plain_400(visit, live, tmp_path: Path) -> None:
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"this is not a png")
@@ -148,6 +177,9 @@ def test_api_key_error_then_key_kept_in_the_tab(visit, shapes_png: Path, artifac
         page.get_by_role("button", name="Run", exact=True).click()
         page.wait_for_selector(".run[data-state=done]", timeout=TIMEOUT_MS)
         assert page.evaluate("sessionStorage.getItem('proreason.apiKey')") == "sekret"
+        page.get_by_role("button", name="Copy as curl").click()
+        curl = page.locator("#snippet").inner_text()
+        assert "$PROREASON_API_KEY" in curl and "sekret" not in curl  # never the key itself
         assert page.evaluate("localStorage.length") == 0
         page.reload()
         assert page.get_by_label("API key").input_value() == "sekret"

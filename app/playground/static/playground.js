@@ -85,7 +85,7 @@ function readParams(pipeline) {
   if (pipeline === "proreason-pure") params.mode = "pure";
   if (pipeline === "proreason-assisted") params.mode = "assisted";
   if ($("max-rounds").value) params.max_rounds = Number($("max-rounds").value);
-  if (method === "proreason") params.parallel_perception = $("parallel").checked;
+  if (method === "proreason" && $("parallel").checked) params.parallel_perception = true;
   if (options.length) { params.answer_format = "multiple_choice"; params.options = options; }
   return { pipeline, params };
 }
