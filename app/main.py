@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from agents.types import ModelSet
 from app import ops
@@ -26,6 +27,7 @@ from app.media import MediaLoader
 from app.metrics import Metrics
 from app.middleware import EdgeMiddleware
 from app.openapi import install_openapi
+from app.playground.route import install_pages
 from app.reason.route import router as reason_router
 from app.runner import Runner
 from app.settings import Settings
@@ -84,6 +86,8 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by install_pages (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -96,6 +100,16 @@ def create_app(
     app.include_router(chat_router)
     app.include_router(ops.router)
     install_openapi(app, secured=bool(settings.server.api_keys))
+    install_pages(app)
+    if settings.server.cors_origins:  # outermost: errors (401, 413, 429 ...) carry the headers too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.server.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+            max_age=600,
+        )
     return app
 
 

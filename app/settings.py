@@ -105,8 +105,10 @@ class ServerConfig(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: model names listed by /v1/models and accepted as `model` in chat completions
     served_model_prefix: str = "proreason"
+    #: browser origins allowed to call the API (CORS); empty list: CORS off (same origin only)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):  # PROREASON_SERVER__API_KEYS="k1,k2"
