@@ -53,6 +53,9 @@ NON_FIELD_VARS = frozenset(
         f"{ENV_PREFIX}IMAGE_TAG",  # docker/docker-compose.yml: image: proreason:${...}
         f"{ENV_PREFIX}DEMO_MODELS",  # tests/integration: run on the demo models
         f"{ENV_PREFIX}PARSE_EXAMPLES",  # tests/agents/test_parsing.py: extra examples
+        f"{ENV_PREFIX}CHROMIUM",  # tests/browser: the chromium executable
+        f"{ENV_PREFIX}BROWSER_ARTIFACTS",  # tests/browser: where screenshots go
+        f"{ENV_PREFIX}API_KEY",  # client side: the playground's copied curl/Python snippets
     }
 )
 
