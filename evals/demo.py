@@ -62,6 +62,7 @@ from evals.trajectories import (
     write_records,
 )
 from models.images import ImageDecoder
+from models.tiny import CHAT_TEMPLATE, IMAGE, set_generation_config, train_bpe_tokenizer
 from models.types import GenerationRequest, ImageInput, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -257,11 +258,6 @@ def make_demo_records(
 
 # ------------------------------------------------------------------------------ tokenizers
 
-BOS, EOS, PAD = "<s>", "<|im_end|>", "<pad>"
-IM_START, IMAGE = "<|im_start|>", "<image>"
-SPECIAL_TOKENS = (PAD, BOS, EOS, IM_START, IMAGE)
-
-
 def _corpus(records: list[dict[str, Any]]) -> list[str]:
     texts = set()
     for record in records:
@@ -274,37 +270,10 @@ def _corpus(records: list[dict[str, Any]]) -> list[str]:
 
 
 def train_tokenizer(texts: list[str], *, max_vocab: int = 4096, model_max_length: int = 2048):
-    """A byte-level BPE whose merges make every word of ``texts`` one token (word-level-ish),
-    with byte fallback for anything else; ChatML markers and ``<image>`` as special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from models.tiny import CHAT_TEMPLATE
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=max_vocab,
-        min_frequency=1,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+    """Word-level-ish byte BPE on the demo corpus (``models.tiny.train_bpe_tokenizer``)."""
+    return train_bpe_tokenizer(
+        texts, vocab_size=max_vocab, model_max_length=model_max_length, min_frequency=1
     )
-    tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        extra_special_tokens={"image_token": IMAGE},
-        chat_template=CHAT_TEMPLATE,
-        padding_side="left",
-        model_max_length=model_max_length,
-    )
-
-
-# ------------------------------------------------------------------------------ models
 
 
 def _qwen2_config(tokenizer: Any, hidden: int, layers: int, heads: int, max_pos: int) -> Any:
@@ -326,14 +295,6 @@ def _qwen2_config(tokenizer: Any, hidden: int, layers: int, heads: int, max_pos:
     )
 
 
-def _set_generation_config(model: Any, tokenizer: Any) -> None:
-    gen = model.generation_config
-    gen.bos_token_id = tokenizer.bos_token_id
-    gen.eos_token_id = tokenizer.eos_token_id
-    gen.pad_token_id = tokenizer.pad_token_id
-    gen.do_sample = False
-
-
 def init_text_model(folder: Path, records: list[dict[str, Any]], spec: DemoSpec) -> None:
     """Save an untrained Qwen2 text LM with its tokenizer into ``folder``."""
     import torch
@@ -344,7 +305,7 @@ def init_text_model(folder: Path, records: list[dict[str, Any]], spec: DemoSpec)
     model = Qwen2ForCausalLM(
         _qwen2_config(tokenizer, spec.text_hidden, spec.text_layers, spec.text_heads, 1024)
     )
-    _set_generation_config(model, tokenizer)
+    set_generation_config(model, tokenizer)
     _fresh(folder)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -361,7 +322,6 @@ def init_vision_model(folder: Path, records: list[dict[str, Any]], spec: DemoSpe
         SiglipVisionConfig,
     )
 
-    from models.tiny import CHAT_TEMPLATE
 
     tokenizer = train_tokenizer(_corpus(records), model_max_length=1024)
     tokens = (spec.image_size // spec.patch_size) ** 2
@@ -388,7 +348,7 @@ def init_vision_model(folder: Path, records: list[dict[str, Any]], spec: DemoSpe
     )
     torch.manual_seed(spec.seed)
     model = LlavaForConditionalGeneration(config)
-    _set_generation_config(model, tokenizer)
+    set_generation_config(model, tokenizer)
     image_processor = SiglipImageProcessorPil(
         size={"height": spec.image_size, "width": spec.image_size},
         image_mean=[1.0, 1.0, 1.0],  # easy-VQA backgrounds are near-white: white -> 0

@@ -144,21 +144,26 @@ def _finish(folder: Path, kind: str, spec: TinySpec) -> None:
     logger.info("built tiny %s model in %s", kind, folder)
 
 
-def _train_tokenizer(spec: TinySpec) -> Any:
-    """A byte-level BPE tokenizer (``PreTrainedTokenizerFast``) with the chat special tokens."""
+def train_bpe_tokenizer(
+    texts: list[str], *, vocab_size: int, model_max_length: int, min_frequency: int | None = None
+) -> Any:
+    """A byte-level BPE tokenizer (``PreTrainedTokenizerFast``) trained on ``texts``, with the chat
+    special tokens, the ChatML template and left padding (also used by ``evals.demo``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    options = {} if min_frequency is None else {"min_frequency": min_frequency}
     trainer = trainers.BpeTrainer(
-        vocab_size=spec.vocab_size,
+        vocab_size=vocab_size,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
+        **options,
     )
-    tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
@@ -167,6 +172,14 @@ def _train_tokenizer(spec: TinySpec) -> Any:
         extra_special_tokens={"image_token": IMAGE},
         chat_template=CHAT_TEMPLATE,
         padding_side="left",
+        model_max_length=model_max_length,
+    )
+
+
+def _train_tokenizer(spec: TinySpec) -> Any:
+    return train_bpe_tokenizer(
+        _CORPUS.splitlines(),
+        vocab_size=spec.vocab_size,
         model_max_length=spec.max_position_embeddings,
     )
 
@@ -190,7 +203,8 @@ def _qwen2_config(spec: TinySpec, tokenizer: Any) -> Any:
     )
 
 
-def _set_generation_config(model: Any, tokenizer: Any) -> None:
+def set_generation_config(model: Any, tokenizer: Any) -> None:
+    """Greedy decoding with the tokenizer's bos/eos/pad ids (also used by ``evals.demo``)."""
     gen = model.generation_config
     gen.bos_token_id = tokenizer.bos_token_id
     gen.eos_token_id = tokenizer.eos_token_id
@@ -208,7 +222,7 @@ def build_tiny_text_model(folder: Path, spec: TinySpec | None = None) -> Path:
     tokenizer = _train_tokenizer(spec)
     torch.manual_seed(spec.seed)
     model = Qwen2ForCausalLM(_qwen2_config(spec, tokenizer))
-    _set_generation_config(model, tokenizer)
+    set_generation_config(model, tokenizer)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     _finish(folder, "text", spec)
@@ -250,7 +264,7 @@ def build_tiny_vision_model(folder: Path, spec: TinySpec | None = None) -> Path:
     )
     torch.manual_seed(spec.seed)
     model = LlavaForConditionalGeneration(config)
-    _set_generation_config(model, tokenizer)
+    set_generation_config(model, tokenizer)
     image_processor = SiglipImageProcessorPil(
         size={"height": spec.image_size, "width": spec.image_size},
         image_mean=[0.5, 0.5, 0.5],

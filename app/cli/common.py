@@ -53,6 +53,13 @@ def build_hint(model: str) -> str:
     return ""
 
 
+def load_failure(settings: Any, exc: ModelLoadError) -> CLIError:
+    """A model that cannot be loaded: its one line, plus how to build it when it is ours."""
+    configs = [c for c in (settings.models.vision, settings.models.text) if c is not None]
+    hint = next((h for h in (build_hint(c.model) for c in configs) if h), "")
+    return CLIError(exc.message + hint, EXIT_FAILURE)
+
+
 async def open_models(settings: Any):  # -> ModelSet
     """Open the models and fail in one line, before any work, if one cannot answer."""
     from app.backends import close_models
@@ -61,9 +68,7 @@ async def open_models(settings: Any):  # -> ModelSet
     try:
         models = await open_backends(settings.models)
     except ModelLoadError as exc:
-        configs = [settings.models.vision, settings.models.text]
-        hints = [build_hint(c.model) for c in configs if c is not None]
-        raise CLIError(exc.message + next((h for h in hints if h), ""), EXIT_FAILURE) from None
+        raise load_failure(settings, exc) from None
     configs = {"vision": settings.models.vision, "text": settings.models.text}
     for name, backend in (("vision", models.vision), ("text", models.text)):
         if backend is not None and not await backend.health():

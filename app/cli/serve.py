@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from app.cli.common import EXIT_FAILURE, CLIError, build_hint, load_settings
+from app.cli.common import EXIT_FAILURE, CLIError, load_failure, load_settings
 from models.errors import ModelLoadError
 
 
@@ -42,9 +42,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         run_server(settings)
     except ModelLoadError as exc:
-        configs = [c for c in (settings.models.vision, settings.models.text) if c is not None]
-        hint = next((h for h in (build_hint(c.model) for c in configs) if h), "")
-        raise CLIError(exc.message + hint, EXIT_FAILURE) from None
+        raise load_failure(settings, exc) from None
     return 0
 
 

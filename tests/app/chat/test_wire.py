@@ -161,7 +161,8 @@ def test_logprobs_are_refused(oai: OpenAI, extra: dict, param: str) -> None:
 
 
 def test_logprobs_false_is_fine(client: TestClient) -> None:
-    chat(client, messages=[TEXT_ONLY], logprobs=False)
+    body = chat(client, messages=[TEXT_ONLY], logprobs=False)
+    assert body["choices"][0]["message"]["content"] and body["choices"][0]["logprobs"] is None
 
 
 # --------------------------------------------------------------------------- 4. models/{id}
