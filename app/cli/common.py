@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,11 @@ def format_step(step: Any) -> str:
         return f"{head}  {verdict}: {clip(str(decision.get('reasoning', '')))}"
     entry = get("memory_entry")
     return f"{head}  {clip(entry if entry is not None else get('output', ''))}"
+
+
+def report_built(folders: dict[str, Path], profile: str) -> int:
+    """After build-tiny / build-demo: where the models are, and how to serve them."""
+    for name, path in folders.items():
+        print(f"{name}: {path}")
+    print(f"start the service on them with: proreason serve --profile {profile}", file=sys.stderr)
+    return 0

@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from app.cli.common import CLIError, load_settings, open_models
+from app.cli.common import CLIError, load_settings, open_models, report_built
 
 
 async def trajectories(args: argparse.Namespace) -> int:
@@ -88,11 +88,7 @@ def distill(args: argparse.Namespace) -> int:
 def build_demo(args: argparse.Namespace) -> int:
     from evals.demo import build_demo as build
 
-    folders = build(Path(args.dir).expanduser(), force=args.force)
-    for name, path in folders.items():
-        print(f"{name}: {path}")
-    print("start the service on them with: proreason serve --profile demo", file=sys.stderr)
-    return 0
+    return report_built(build(Path(args.dir).expanduser(), force=args.force), "demo")
 
 
 async def demo_report(args: argparse.Namespace) -> int:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import errno
 import socket
-import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from app.cli.common import EXIT_FAILURE, CLIError, load_failure, load_settings
+from app.cli.common import EXIT_FAILURE, CLIError, load_failure, load_settings, report_built
 from models.errors import ModelLoadError
 
 
@@ -49,11 +48,7 @@ def serve(args: argparse.Namespace) -> int:
 def build_tiny(args: argparse.Namespace) -> int:
     from models.tiny import build_tiny_models
 
-    paths = build_tiny_models(Path(args.dir).expanduser(), force=args.force)
-    for name, path in paths.items():
-        print(f"{name}: {path}")
-    print("start the service on them with: proreason serve --profile tiny", file=sys.stderr)
-    return 0
+    return report_built(build_tiny_models(Path(args.dir).expanduser(), force=args.force), "tiny")
 
 
 def profiles(args: argparse.Namespace) -> int:
