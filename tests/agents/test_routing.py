@@ -142,7 +142,9 @@ async def test_long_history_is_bounded(make_reasoner, image: ImageInput) -> None
     assert "TURN-00" not in prompt
     assert "earlier turns omitted]" in prompt
     assert any("chat history truncated" in n for n in result.notes)
-    history_part = prompt.split("Question to solve")[0]
+    history_part = "Conversation so far" + prompt.split("Conversation so far")[1].split(
+        "Question to solve"
+    )[0]
     assert text.count_tokens(history_part) <= (1200 - 64) // 4
 
 
