@@ -35,7 +35,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
@@ -50,6 +50,7 @@ from evals.oracle import (
     SUB_QUESTIONS,
     ImageFacts,
     OracleBackend,
+    asks_both,
     image_facts,
     parse_question,
 )
@@ -69,7 +70,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DEMO_DIR = Path("~/.cache/proreason/demo")
 MARKER = "proreason-demo.json"
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 TEXT_ROLES = ("dispatcher", "insight", "referee", "summarizer")
 
 
@@ -80,6 +81,8 @@ class DemoSpec:
     seed: int = 0
     #: train questions whose ProReason trajectory trains the text LM
     text_items: int = 6000
+    #: of those runs' dispatcher calls, how many train the text LM
+    dispatcher_records: int = 1500
     #: train questions answered with the direct and cot baselines (LVLM data)
     direct_items: int = 12000
     cot_items: int = 3000
@@ -93,7 +96,7 @@ class DemoSpec:
     vision_heads: int = 4
     vision_text_hidden: int = 128
     vision_text_layers: int = 2
-    vision_steps: int = 1000
+    vision_steps: int = 1500
     vision_batch: int = 32
     vision_lr: float = 5e-4
     aux_weight: float = 1.0
@@ -108,12 +111,15 @@ class DemoSpec:
     text_hidden: int = 128
     text_layers: int = 3
     text_heads: int = 4
-    text_steps: int = 1500
+    text_steps: int = 2000
     text_batch: int = 24
     text_lr: float = 1e-3
     # --- both
+    vocab: int = 4096
     warmup_steps: int = 150
-    max_seconds: float | None = 720.0
+    #: a time cap per training job (None: none; the build is capped by steps, so it makes the
+    #: same models on a busy machine, only later)
+    max_seconds: float | None = None
     threads_per_model: int = 1
     agent_max_tokens: int = 96
 
@@ -132,14 +138,27 @@ def load_image(path: Path) -> ImageInput:
 
 
 def _answerable(items: list[EvalItem], facts: dict[int, ImageFacts]) -> list[EvalItem]:
-    """Items the oracle can answer (the annotations give the attribute the question is about)."""
+    """Items the oracle can answer (the annotations give the image's shape and colour)."""
     out = []
     for item in items:
         parsed = parse_question(item.question)
         image = facts.get(int(_image_id(item.image_paths[0])))
-        if parsed is not None and image is not None and parsed.answer(image) == item.answer:
+        if (
+            parsed is not None
+            and image is not None
+            and image.shape is not None
+            and image.colour is not None  # the loop asks the vision expert for both
+            and parsed.answer(image) == item.answer
+        ):
             out.append(item)
     return out
+
+
+def _as_typed(item: EvalItem, rng: random.Random) -> EvalItem:
+    """The item with its question as a person may type it: half start with a capital letter."""
+    if rng.random() < 0.5:
+        return replace(item, question=item.question[:1].upper() + item.question[1:])
+    return item
 
 
 def _oracle_models(facts: dict[int, ImageFacts], prompts: PromptSet):
@@ -163,7 +182,7 @@ async def _drill_records(
         fact = facts.get(image_id)
         if fact is None:
             continue
-        subs = []
+        subs = [SUB_QUESTIONS["both"]] if fact.shape and fact.colour else []
         if fact.shape:
             subs.append(SUB_QUESTIONS["shape"])
             others = [s for s in SHAPES if s != fact.shape]
@@ -227,7 +246,9 @@ def make_demo_records(
         return Reasoner(models, config, prompts=prompts)
 
     async def run_all() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        text_items = rng.sample(items, min(spec.text_items, len(items)))
+        text_items = [
+            _as_typed(item, rng) for item in rng.sample(items, min(spec.text_items, len(items)))
+        ]
         loop, _ = await record_runs(
             text_items, models_for, reasoner_for, RunOptions(max_rounds=4), load_image,
             image_id=_image_id, concurrency=32,
@@ -244,7 +265,10 @@ def make_demo_records(
             facts, easy_vqa.get_train_image_paths(), prompts, config, spec.presence_per_image, rng
         )
         good = [r for r in loop if r["solved"] and r["correct"]]
-        text = [r for r in good if r["role"] in TEXT_ROLES]
+        text = [r for r in good if r["role"] in TEXT_ROLES and r["role"] != "dispatcher"]
+        # the first dispatcher decision is the same for every question: a share of them suffices
+        dispatch = [r for r in good if r["role"] == "dispatcher"]
+        text += rng.sample(dispatch, min(spec.dispatcher_records, len(dispatch)))
         vision = [r for r in good if r["role"] == "vision"] + drill + baseline
         return text, vision
 
@@ -258,28 +282,39 @@ def make_demo_records(
 
 # ------------------------------------------------------------------------------ tokenizers
 
+
 def _corpus(records: list[dict[str, Any]]) -> list[str]:
+    """Every distinct message text as the chat template lays it out ("user\n..."), and replies."""
     texts = set()
     for record in records:
         for message in record["messages"]:
-            for part in message["content"]:
-                if part.get("type") == "text":
-                    texts.add(part["text"])
+            text = "".join(p.get("text", "") for p in message["content"] if p.get("type") == "text")
+            texts.add(f"{message['role']}\n{text}")
+        texts.add(f"assistant\n{record['reply']}")
         texts.add(record["reply"])
-    return ["system", "user", "assistant", *sorted(texts)]
+    return sorted(texts)
 
 
-def train_tokenizer(texts: list[str], *, max_vocab: int = 4096, model_max_length: int = 2048):
-    """Word-level-ish byte BPE on the demo corpus (``models.tiny.train_bpe_tokenizer``)."""
+#: the words a demo model copies from its input into its replies: one token each, whatever
+#: surrounds them (see ``models.tiny.train_bpe_tokenizer``'s ``phrases_around``)
+CONTENT_WORDS = (*SHAPES, *COLOURS, "yes", "no", "Yes", "No")
+
+
+def train_tokenizer(texts: list[str], *, max_vocab: int, model_max_length: int = 2048):
+    """A phrase-level byte BPE on the demo corpus: text that recurs in the prompts (instructions,
+    templates) merges into long tokens, so the models read short sequences and train fast; the
+    content words stay single tokens (``models.tiny.train_bpe_tokenizer``)."""
     return train_bpe_tokenizer(
-        texts, vocab_size=max_vocab, model_max_length=model_max_length, min_frequency=1
-    )
+        texts, vocab_size=max_vocab, model_max_length=model_max_length, min_frequency=1,
+        phrases_around=CONTENT_WORDS,
+    )  # fmt: skip
 
 
-def _qwen2_config(tokenizer: Any, hidden: int, layers: int, heads: int, max_pos: int) -> Any:
-    from transformers import Qwen2Config
+def _lm_config(kind: str, tokenizer: Any, hidden: int, layers: int, heads: int, max_pos: int):
+    """A small decoder config: ``"llama"`` (the text LM) or ``"qwen2"`` (the LLaVA's LM)."""
+    from transformers import LlamaConfig, Qwen2Config
 
-    return Qwen2Config(
+    return {"llama": LlamaConfig, "qwen2": Qwen2Config}[kind](
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=hidden * 3,
@@ -295,20 +330,39 @@ def _qwen2_config(tokenizer: Any, hidden: int, layers: int, heads: int, max_pos:
     )
 
 
-def init_text_model(folder: Path, records: list[dict[str, Any]], spec: DemoSpec) -> None:
-    """Save an untrained Qwen2 text LM with its tokenizer into ``folder``."""
-    import torch
-    from transformers import Qwen2ForCausalLM
+def check_tokenizer_survives(folder: Path, trained: Any) -> None:
+    """Fail if ``AutoTokenizer`` would load ``folder``'s tokenizer with another pre-tokenizer.
 
-    tokenizer = train_tokenizer(_corpus(records), model_max_length=1024)
+    transformers 5 rebuilds the tokenizer of some model types from their own class (a ``qwen2``
+    folder gets ``Qwen2Tokenizer`` with Qwen2's word-splitting regex, whatever tokenizer.json
+    says), which would silently undo the phrase-level merges: the text LM is a Llama for that.
+    """
+    from transformers import AutoTokenizer
+
+    loaded = AutoTokenizer.from_pretrained(folder)
+    probe = "Question: is there not a red shape?\n\nNotes about the image:\n(no notes yet)"
+    if loaded(probe)["input_ids"] != trained(probe)["input_ids"]:
+        raise RuntimeError(
+            f"{folder}: AutoTokenizer loads a different tokenizer ({type(loaded).__name__}) "
+            "than the one trained"
+        )
+
+
+def init_text_model(folder: Path, records: list[dict[str, Any]], spec: DemoSpec) -> None:
+    """Save an untrained Llama text LM with its tokenizer into ``folder``."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tokenizer = train_tokenizer(_corpus(records), max_vocab=spec.vocab, model_max_length=1024)
     torch.manual_seed(spec.seed)
-    model = Qwen2ForCausalLM(
-        _qwen2_config(tokenizer, spec.text_hidden, spec.text_layers, spec.text_heads, 1024)
+    model = LlamaForCausalLM(
+        _lm_config("llama", tokenizer, spec.text_hidden, spec.text_layers, spec.text_heads, 1024)
     )
     set_generation_config(model, tokenizer)
     _fresh(folder)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    check_tokenizer_survives(folder, tokenizer)
 
 
 def init_vision_model(folder: Path, records: list[dict[str, Any]], spec: DemoSpec) -> None:
@@ -322,8 +376,7 @@ def init_vision_model(folder: Path, records: list[dict[str, Any]], spec: DemoSpe
         SiglipVisionConfig,
     )
 
-
-    tokenizer = train_tokenizer(_corpus(records), model_max_length=1024)
+    tokenizer = train_tokenizer(_corpus(records), max_vocab=spec.vocab, model_max_length=1024)
     tokens = (spec.image_size // spec.patch_size) ** 2
     vision_config = SiglipVisionConfig(
         hidden_size=spec.vision_hidden,
@@ -336,8 +389,8 @@ def init_vision_model(folder: Path, records: list[dict[str, Any]], spec: DemoSpe
     )
     config = LlavaConfig(
         vision_config=vision_config,
-        text_config=_qwen2_config(
-            tokenizer, spec.vision_text_hidden, spec.vision_text_layers, 4, 1024
+        text_config=_lm_config(
+            "qwen2", tokenizer, spec.vision_text_hidden, spec.vision_text_layers, 4, 1024
         ),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
         projector_hidden_act="gelu",
@@ -365,6 +418,7 @@ def init_vision_model(folder: Path, records: list[dict[str, Any]], spec: DemoSpe
     _fresh(folder)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+    check_tokenizer_survives(folder, tokenizer)
 
 
 def _fresh(folder: Path) -> None:
@@ -667,7 +721,14 @@ class DemoEval:
 
 
 def _perception_correct(reply: str, sub_question: str, fact: ImageFacts) -> bool | None:
-    """Whether a vision reply states the right attribute (None: not checkable)."""
+    """Whether a vision reply states the right attribute(s) (None: not checkable)."""
+    if asks_both(sub_question):
+        if fact.shape is None or fact.colour is None:
+            return None
+        said = reply.lower()
+        return [w for w in SHAPES if w in said] == [fact.shape] and [
+            w for w in COLOURS if w in said
+        ] == [fact.colour]
     parsed = parse_question(sub_question)
     if parsed is None:
         return None

@@ -12,16 +12,17 @@ whatever ``configs/prompts`` says when it is regenerated. Facts already collecte
 from the notes in the prompt (the oracle's own phrasings), so the referee's verdict and the
 dispatcher's next step depend on the notes the loop actually shows, not on hidden state.
 
-The policy (think-then-decide JSON decisions):
+The policy (think-then-decide JSON decisions), the same for every easy-VQA question, so the
+text roles learn one short protocol and the reasoning happens where the method puts it:
 
-- what shape / what colour questions: the dispatcher asks the vision expert for the missing
-  attribute ("What shape is in the image?" / "What colour is the shape?"); the referee says
-  solvable once the notes state it; the summarizer answers with one word;
-- yes/no questions: the vision expert is asked for the attribute the question is about; the
-  referee says the notes state the fact but not yet the yes/no conclusion; the dispatcher asks the
-  insight expert to derive it (a short chain of thought, then a line like
-  ``Final answer: yes, there is no red shape``);
-  the referee says solvable; the summarizer answers yes or no;
+- the dispatcher asks the vision expert to describe the shape and its colour (one call:
+  "What shape is in the image, and what colour is it?" -> "The shape is a red triangle.");
+- the referee reasons from the question and the notes to the answer, thought first ("The
+  question asks whether there is no green shape. The notes say the shape is a red triangle, and
+  red is not green, so the answer is yes."), and says solvable; its reasoning joins the notes;
+- the summarizer answers with the one word the referee's note concludes;
+- if the notes do not describe the shape yet, the referee says not solvable and the dispatcher
+  asks again; the insight expert (not needed on easy-VQA) says what the notes imply if asked;
 - direct / cot / fallback (LVLM baselines): the answer, or one sentence of what is seen and an
   ``Answer:`` line.
 """
@@ -48,6 +49,7 @@ Attribute = Literal["shape", "colour"]
 SUB_QUESTIONS: dict[str, str] = {
     "shape": "What shape is in the image?",
     "colour": "What colour is the shape?",
+    "both": "What shape is in the image, and what colour is it?",
 }
 
 
@@ -107,6 +109,18 @@ def parse_question(text: str) -> ParsedQuestion | None:
     if shape is not None:
         return ParsedQuestion("yesno", "shape", shape, negated)
     return None
+
+
+def asks_both(text: str) -> bool:
+    """A "what shape, and what colour" sub-question (the oracle dispatcher's description ask)."""
+    words = _WORD.findall(text.lower())
+    return (
+        bool(words)
+        and words[0] == "what"
+        and "shape" in words
+        and ("colour" in words or "color" in words)
+        and ("and" in words)
+    )
 
 
 def facts_from_annotations(rows: Iterable[tuple[str, str, int]]) -> dict[int, ImageFacts]:
@@ -185,10 +199,13 @@ def role_of_request(request: GenerationRequest, prompts: PromptSet) -> str:
 
 # ---------------------------------------------------------------------------------- the oracle
 
-_NOTE_SHAPE = re.compile(r"\bthe shape is an? (circle|rectangle|triangle)\b", re.I)
-_NOTE_COLOUR = re.compile(r"\bthe shape is (" + "|".join(COLOURS) + r")\b", re.I)
-#: the insight expert's final-answer line: "yes, there is no red shape" (its memory entry)
-_NOTE_CONCLUSION = re.compile(r"\b(yes|no), there is\b", re.I)
+_COLOUR_RE = "|".join(COLOURS)
+_SHAPE_RE = "|".join(SHAPES)
+#: the vision expert's statements: "The shape is a circle." / "... is red." / "... a red circle."
+_NOTE_SHAPE = re.compile(rf"\bthe shape is an? (?:(?:{_COLOUR_RE}) )?({_SHAPE_RE})\b", re.I)
+_NOTE_COLOUR = re.compile(rf"\bthe shape is (?:an? )?({_COLOUR_RE})\b", re.I)
+#: the referee's (or insight expert's) conclusion: "..., so the answer is yes." (in the notes)
+_NOTE_CONCLUSION = re.compile(rf"\bso the answer is (yes|no|{_COLOUR_RE}|{_SHAPE_RE})\b", re.I)
 
 
 def template_field(prompts: PromptSet, name: str, field: str, user: str) -> str | None:
@@ -211,6 +228,11 @@ def _article(word: str) -> str:
 def vision_statement(attribute: Attribute, value: str) -> str:
     """How the vision expert states an attribute ("The shape is a circle.")."""
     return f"The shape is {_article(value) if attribute == 'shape' else value}."
+
+
+def description(shape: str, colour: str) -> str:
+    """How the vision expert describes the shape and its colour ("The shape is a red circle.")."""
+    return f"The shape is {_article(colour)} {shape}."
 
 
 def _notes_facts(text: str) -> tuple[ImageFacts, str | None]:
@@ -289,81 +311,80 @@ class OracleBackend(ModelBackend):
     def _dispatcher(self, user: str) -> str:
         parsed = self._need()
         noted, _ = _notes_facts(user)
-        attribute = parsed.attribute
-        value = noted.get(attribute)
+        value = noted.get(parsed.attribute)
         if value is None:
-            thing = "shape" if attribute == "shape" else "colour of the shape"
             return _json(
                 {
-                    "thought": f"The notes do not give the {thing} yet, so the vision expert "
-                    "must look.",
+                    "thought": "The notes do not describe the shape yet, so the vision expert "
+                    "must look at it.",
                     "expert": "vision",
-                    "question": SUB_QUESTIONS[attribute],
+                    "question": SUB_QUESTIONS["both"],
                 }
             )
         return _json(
             {
-                "thought": f"{vision_statement(attribute, value)[:-1]}, so the insight expert "
-                "can work out the answer.",
+                "thought": "The notes describe the shape, so the insight expert can work out the "
+                "answer.",
                 "expert": "insight",
-                "question": f"From the notes, decide: {self.question}",
+                "question": f"From the notes, answer: {self.question}",
             }
         )
 
     def _insight(self, user: str) -> str:
         parsed = self._need()
         noted, _ = _notes_facts(user)
-        value = noted.get(parsed.attribute)
-        if parsed.kind != "yesno" or value is None:
+        if noted.get(parsed.attribute) is None:
             return "The notes do not say enough.\nFinal answer: unknown"
-        thought, answer, finding = self._inference(parsed, value)
-        return f"{thought}\nFinal answer: {answer}, {finding}"
+        return f"{self._reasoning(parsed, noted)}\nFinal answer: {parsed.answer(noted)}"
+
+    def _reasoning(self, parsed: ParsedQuestion, noted: ImageFacts) -> str:
+        """From the question and the noted facts to the answer, one step per sentence."""
+        known = noted.get(parsed.attribute) or ""
+        seen = (
+            f"The notes say {description(noted.shape, noted.colour)[0].lower()}"
+            f"{description(noted.shape, noted.colour)[1:-1]}"
+            if noted.shape and noted.colour
+            else f"The notes say {vision_statement(parsed.attribute, known)[0].lower()}"
+            f"{vision_statement(parsed.attribute, known)[1:-1]}"
+        )
+        thing = "shape" if parsed.attribute == "shape" else "colour"
+        if parsed.kind == "what":
+            return f"The question asks for the {thing}. {seen}, so the answer is {known}."
+        asked = parsed.value or ""
+        named = f"a {asked} shape" if parsed.attribute == "colour" else _article(asked)
+        if parsed.negated:
+            named = f"no {asked} shape" if parsed.attribute == "colour" else f"no {asked}"
+        if parsed.attribute == "colour":
+            link = f"{known} {'is' if known == asked else 'is not'} {asked}"
+        else:
+            link = f"{_article(known)} {'is' if known == asked else 'is not'} {_article(asked)}"
+        answer = parsed.answer(noted)
+        return (
+            f"The question asks whether there is {named}. {seen}, and {link}, so the answer is "
+            f"{answer}."
+        )
 
     def _referee(self, user: str) -> str:
         parsed = self._need()
-        noted, conclusion = _notes_facts(user)
-        value = noted.get(parsed.attribute)
-        thing = "shape" if parsed.attribute == "shape" else "colour of the shape"
-        if value is None:
+        noted, _ = _notes_facts(user)
+        if noted.get(parsed.attribute) is None:
             return _json(
-                {"reasoning": f"The notes do not give the {thing} yet.", "solvable": False}
+                {"reasoning": "The notes do not describe the shape yet.", "solvable": False}
             )
-        fact = vision_statement(parsed.attribute, value)[:-1]
-        if parsed.kind == "what":
-            return _json(
-                {
-                    "reasoning": f"The notes say {fact[0].lower()}{fact[1:]}, so the answer is "
-                    f"{value}.",
-                    "solvable": True,
-                }
-            )
-        if conclusion is None:
-            return _json(
-                {
-                    "reasoning": f"The notes say {fact[0].lower()}{fact[1:]}, but not yet whether "
-                    "the answer is yes or no.",
-                    "solvable": False,
-                }
-            )
-        return _json(
-            {"reasoning": f"The notes conclude that the answer is {conclusion}.", "solvable": True}
-        )
+        return _json({"reasoning": self._reasoning(parsed, noted), "solvable": True})
 
     def _summarizer(self, user: str) -> str:
-        parsed = self._need()
-        noted, conclusion = _notes_facts(user)
-        if parsed.kind == "yesno":
-            return conclusion or "unknown"
-        return noted.get(parsed.attribute) or "unknown"
+        _, conclusion = _notes_facts(user)
+        return conclusion or "unknown"
 
     # -- the LVLM roles
 
     def _vision(self, user: str) -> str:
-        """Answer a visual sub-question (shape, colour, presence) from the facts."""
-        sub = parse_question(template_field(self.prompts, "vision", "sub_question", user) or "")
-        if sub is None:  # anything else: say what is there
-            colour, shape = self._known("colour"), self._known("shape")
-            return f"The shape is {_article(colour)} {shape}."
+        """Answer a visual sub-question (shape, colour, both, presence) from the facts."""
+        text = template_field(self.prompts, "vision", "sub_question", user) or ""
+        sub = parse_question(text)
+        if sub is None or asks_both(text):  # anything else: describe what is there
+            return description(self._known("shape"), self._known("colour"))
         known = self._known(sub.attribute)
         statement = vision_statement(sub.attribute, known)
         if sub.kind == "what":

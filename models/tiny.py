@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -145,15 +147,33 @@ def _finish(folder: Path, kind: str, spec: TinySpec) -> None:
 
 
 def train_bpe_tokenizer(
-    texts: list[str], *, vocab_size: int, model_max_length: int, min_frequency: int | None = None
+    texts: list[str],
+    *,
+    vocab_size: int,
+    model_max_length: int,
+    min_frequency: int | None = None,
+    phrases_around: Sequence[str] | None = None,
 ) -> Any:
     """A byte-level BPE tokenizer (``PreTrainedTokenizerFast``) trained on ``texts``, with the chat
-    special tokens, the ChatML template and left padding (also used by ``evals.demo``)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    special tokens, the ChatML template and left padding (also used by ``evals.demo``).
+
+    ``phrases_around``: words kept as pieces of their own; everything between them is NOT split
+    at spaces, so merges may span words and text that recurs (a prompt's instructions) becomes a
+    few tokens, while the listed words (the values a model copies) stay single tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if phrases_around:
+        words = "|".join(sorted(map(re.escape, phrases_around), key=len, reverse=True))
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(rf"\b(?:{words})\b"), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     options = {} if min_frequency is None else {"min_frequency": min_frequency}
     trainer = trainers.BpeTrainer(

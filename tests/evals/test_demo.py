@@ -22,6 +22,7 @@ from evals.trajectories import (
     write_records,
 )
 from models.base import ModelBackend
+from models.records import message_text
 from models.special_tokens import SpecialTokenGuard
 from models.types import GenerationRequest, GenerationResult, ImageInput
 from tests.fakes.roles import DEFAULT_SCRIPT, role_of
@@ -107,14 +108,21 @@ def test_facts_from_annotations() -> None:
 
 
 @pytest.mark.parametrize(
-    ("question", "facts", "answer", "calls"),
+    ("question", "facts", "answer", "reasoning"),
     [
-        ("what shape is present?", ImageFacts("triangle", "blue"), "triangle", 4),
-        ("does the image not contain a blue shape?", ImageFacts("circle", "blue"), "no", 7),
-        ("is there a rectangle in the image?", ImageFacts("rectangle", None), "yes", 7),
+        ("what shape is present?", ImageFacts("triangle", "blue"), "triangle",
+         "The question asks for the shape. The notes say the shape is a blue triangle, so the "
+         "answer is triangle."),
+        ("does the image not contain a blue shape?", ImageFacts("circle", "blue"), "no",
+         "The question asks whether there is no blue shape. The notes say the shape is a blue "
+         "circle, and blue is blue, so the answer is no."),
+        ("Is there a rectangle in the image?", ImageFacts("circle", "red"), "no",
+         "The question asks whether there is a rectangle. The notes say the shape is a red "
+         "circle, and a circle is not a rectangle, so the answer is no."),
     ],
-)
-async def test_oracle_solves_items(shapes_png, question, facts, answer, calls) -> None:
+)  # fmt: skip
+async def test_oracle_solves_items(shapes_png, question, facts, answer, reasoning) -> None:
+    """One protocol for every question: describe, reason in the verdict, answer from it."""
     item = EvalItem("i", question, (shapes_png,), answer)
 
     def models_for(item: EvalItem) -> RunSpec:
@@ -125,7 +133,10 @@ async def test_oracle_solves_items(shapes_png, question, facts, answer, calls) -
         [item], models_for, _reasoner, RunOptions(max_rounds=4), _load
     )
     assert (result.stop_reason, result.answer, result.parse_failures) == ("solved", answer, 0)
-    assert len(records) == calls and all(r["correct"] for r in records)
+    roles = [r["role"] for r in records]
+    assert roles == ["dispatcher", "vision", "referee", "summarizer"]
+    assert all(r["correct"] for r in records)
+    assert records[1]["reply"] == f"The shape is a {facts.colour} {facts.shape}."
     for record in records:
         if record["role"] == "dispatcher":
             keys = list(json.loads(record["reply"]))
@@ -134,8 +145,8 @@ async def test_oracle_solves_items(shapes_png, question, facts, answer, calls) -
         if record["role"] == "referee":
             assert list(json.loads(record["reply"])) == ["reasoning", "solvable"]
             parse_verdict(record["reply"])
-    verdicts = [json.loads(r["reply"])["solvable"] for r in records if r["role"] == "referee"]
-    assert verdicts == [True] if calls == 4 else [False, True]
+    assert json.loads(records[2]["reply"]) == {"reasoning": reasoning, "solvable": True}
+    assert reasoning in message_text(records[3]["messages"][-1])  # the summarizer reads it
 
 
 async def test_oracle_baselines(shapes_png) -> None:
@@ -301,5 +312,39 @@ def test_lora_training_merges_into_a_plain_model(demo_build: dict, tmp_path: Pat
     cfg = TrainConfig(steps=2, batch_size=2, warmup_steps=1, lora=LoraSettings(r=2), progress=False)
     merged, summary = train(model, examples, cfg, tmp_path, pad_id=tokenizer.pad_token_id)
     assert summary["steps"] == 2
-    assert type(merged).__name__ == "Qwen2ForCausalLM"
+    assert type(merged).__name__ == "LlamaForCausalLM"
     assert not any("lora" in name for name in merged.state_dict())
+
+
+def test_the_phrase_tokenizer_keeps_content_words_whole_and_survives_loading(tmp_path) -> None:
+    """Recurring prompt text merges into long tokens, the copied words stay one token each, and
+    the folder loads with the same tokenizer (a qwen2 folder would not: transformers rebuilds
+    its pre-tokenizer, so the check must fail there)."""
+    import torch
+    from transformers import LlamaForCausalLM, Qwen2ForCausalLM
+
+    from evals.demo import CONTENT_WORDS, _lm_config, check_tokenizer_survives, train_tokenizer
+
+    instructions = "Are the notes below sufficient to answer the question reliably?\n\nQuestion: "
+    texts = [f"user\n{instructions}is there a {c} shape?" for c in ("red", "blue", "green")]
+    texts += [f"user\n{instructions}what colour is the {s}?" for s in ("circle", "triangle")]
+    tok = train_tokenizer(texts, max_vocab=2048)
+    pieces = [tok.decode([i]) for i in tok(texts[2], add_special_tokens=False)["input_ids"]]
+    assert pieces == [f"user\n{instructions}is there a ", "green", " shape?"]
+    for word in ("green", "red", "circle"):
+        assert tok.convert_ids_to_tokens(tok(word, add_special_tokens=False)["input_ids"]) == [word]
+    assert "no" in CONTENT_WORDS and tok.convert_ids_to_tokens(tok("cannot")["input_ids"]) != [
+        "can", "no", "t"
+    ]  # fmt: skip
+    torch.manual_seed(0)
+    for kind, model_class, survives in (
+        ("llama", LlamaForCausalLM, True), ("qwen2", Qwen2ForCausalLM, False),
+    ):  # fmt: skip
+        folder = tmp_path / kind
+        model_class(_lm_config(kind, tok, 16, 1, 2, 64)).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        if survives:
+            check_tokenizer_survives(folder, tok)
+        else:
+            with pytest.raises(RuntimeError, match="different tokenizer"):
+                check_tokenizer_survives(folder, tok)
