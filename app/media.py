@@ -365,7 +365,8 @@ class MediaLoader:
         except MediaError as exc:
             if not isinstance(exc, VideoRefused):
                 exc = VideoRefused(exc.message, reason=exc.param or "invalid_video")
-            raise VideoRefused(f"video: {exc.message}", reason=exc.reason).at(param) from exc
+            message = exc.message if "video" in exc.message[:40] else f"video: {exc.message}"
+            raise VideoRefused(message, reason=exc.reason).at(param) from exc
 
     async def _video_bytes(self, ref: str) -> tuple[bytes, str]:
         if not isinstance(ref, str) or not ref.strip():

@@ -21,8 +21,10 @@ Sampling (``sampling``):
 Reported timestamps are the chosen frames' own presentation times, in seconds from the start of
 the video stream. The whole video is never decoded: each sample seeks to the key frame before it
 and decodes forward from there (or decodes on, without seeking, when the sample is less than
-:data:`SEEK_GAP_S` ahead), and the frames decoded per video are capped
-(:data:`DECODE_BUDGET`: a video whose key frames are too far apart for that is refused).
+:data:`SEEK_GAP_S` ahead), at most :data:`SAMPLE_FRAMES` frames per sample
+(:data:`CANDIDATE_FRAMES` per scene candidate): when key frames are farther apart than that, the
+frame reached is taken (earlier than asked for; its own timestamp is reported). The work per video
+is so bounded by the number of samples, whatever its length or key-frame spacing.
 
 Every refusal is a :class:`VideoRefused` (a ``models.errors.MediaError``, code
 ``invalid_video``: a 400 at the edge, never a 500) whose ``reason`` is a short code.
@@ -64,8 +66,10 @@ SCENE_CANDIDATES = 64
 SCENE_THRESHOLD = 0.06
 #: decode on instead of seeking when the next sample is less than this ahead (seconds)
 SEEK_GAP_S = 2.0
-#: frames decoded per video, at most (seeks land on key frames before the sample)
-DECODE_BUDGET = 3000
+#: frames decoded per sample, at most (a seek lands on the key frame before the sample)
+SAMPLE_FRAMES = 300
+#: the same per scene candidate (many more of them; a cut is then found less precisely)
+CANDIDATE_FRAMES = 30
 
 #: the containers user bytes may reach: (magic, offset) -> (name shown, FFmpeg demuxer)
 _CONTAINERS: tuple[tuple[bytes, int, str, str], ...] = (
@@ -195,6 +199,8 @@ def open_video(data: bytes, limits: VideoLimits) -> _Opened:
                 f"per frame (limit {limits.max_pixels})",
                 "too_many_pixels",
             )
+        if not stream.time_base:
+            raise refuse("cannot decode video: its stream has no time base", "decode_failed")
         start_s = _seconds(stream.start_time, stream.time_base) or 0.0
         duration = _seconds(stream.duration, stream.time_base)
         if not duration and container.duration:
@@ -233,7 +239,7 @@ def uniform_times(duration: float, n: int) -> list[float]:
 
 
 class _Reader:
-    """Frames at chosen times, seeking or decoding on, within the decode budget."""
+    """Frames at chosen times, seeking or decoding on, at most ``cap`` frames per time."""
 
     def __init__(self, opened: _Opened) -> None:
         self.o = opened
@@ -252,12 +258,6 @@ class _Reader:
         try:
             for frame in self.o.container.decode(self.o.stream):
                 self.decoded += 1
-                if self.decoded > DECODE_BUDGET:
-                    raise refuse(
-                        f"video needs too much decoding to sample (more than {DECODE_BUDGET} "
-                        "frames: key frames too far apart)",
-                        "too_complex",
-                    )
                 yield frame
         except av.FFmpegError as exc:
             raise refuse(f"cannot decode video: corrupt ({short(str(exc), 120)})",
@@ -271,8 +271,10 @@ class _Reader:
         self._pending = None
         self._last, self._last_t = None, -1.0
 
-    def at(self, t: float) -> tuple[Any, float]:
-        """The frame shown at ``t`` (the last one starting at or before it) and its time."""
+    def at(self, t: float, cap: int | None = None) -> tuple[Any, float]:
+        """The frame shown at ``t`` (the last one starting at or before it) and its time; after
+        ``cap`` (default :data:`SAMPLE_FRAMES`) frames decoded for it, the frame reached."""
+        cap = SAMPLE_FRAMES if cap is None else cap
         if self._frames is None or t < self._last_t or t - self._last_t > SEEK_GAP_S:
             self._seek(t)
         eps = 1e-6
@@ -283,7 +285,7 @@ class _Reader:
             self._pending = None
             self._last, self._last_t = frame, ft
         assert self._frames is not None
-        for frame in self._frames:
+        for count, frame in enumerate(self._frames, start=1):
             ft = self._time(frame)
             if ft > t + eps:
                 if self._last is None:  # the seek landed after t: the first frame it has
@@ -292,6 +294,8 @@ class _Reader:
                 self._pending = frame
                 return self._last, self._last_t
             self._last, self._last_t = frame, ft
+            if count >= cap:  # key frames too far apart: the frame reached
+                return frame, ft
         if self._last is None:
             raise refuse("cannot decode video: no frame could be decoded", "decode_failed")
         return self._last, self._last_t  # past the last frame: the last one
@@ -348,7 +352,7 @@ def _sample(opened: _Opened, n: int, sampling: Sampling, side: int) -> VideoInpu
         count = max(count, n)
         candidates: list[tuple[Any, float]] = []
         for j in range(count):
-            frame, ft = reader.at(opened.duration_s * j / count)
+            frame, ft = reader.at(opened.duration_s * j / count, CANDIDATE_FRAMES)
             if candidates and candidates[-1][1] == ft:
                 continue
             candidates.append((frame, ft))

@@ -23,7 +23,8 @@ DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 #: images and the video the user chose)
 PLAYGROUND_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-    "media-src blob:; connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+    "media-src blob:; connect-src 'self'; form-action 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'"
 )
 
 #: /docs and /redoc: their inline bootstrap scripts run, nothing is loaded from elsewhere (ReDoc's

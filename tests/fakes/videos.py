@@ -41,6 +41,8 @@ def make_video(
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
         stream.options = {"g": str(keyframe_interval)}
+        if codec == "libx264":  # key frames only every keyframe_interval (none at the cut)
+            stream.options = {**stream.options, "sc_threshold": "0"}
         for i in range(frames):
             img = np.full((height, width, 3), WHITE, np.uint8)
             colour = colours[0] if i < change_at else colours[1]

@@ -125,13 +125,19 @@ def test_a_long_video_is_sampled_by_seeking_not_decoded_whole(
     assert len(readers) == 1 and readers[0].decoded <= 4 * 12, readers[0].decoded
 
 
-def test_the_decode_budget_refuses_videos_without_key_frames(
-    monkeypatch: pytest.MonkeyPatch, clip: bytes
-) -> None:
-    monkeypatch.setattr(video_mod, "DECODE_BUDGET", 10)
-    with pytest.raises(VideoRefused) as info:
-        colours(clip, 4)
-    assert info.value.reason == "too_complex"
+def test_sparse_key_frames_bound_the_work_per_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One key frame for 40 frames: each sample decodes at most SAMPLE_FRAMES; the frame reached
+    is taken and its own timestamp reported (never a refusal, never the whole video per sample)."""
+    data = make_video(frames=40, fps=10, change_at=25, keyframe_interval=1000)
+    monkeypatch.setattr(video_mod, "SAMPLE_FRAMES", 8)
+    monkeypatch.setattr(video_mod, "SEEK_GAP_S", 0.0)  # seek for every sample
+    seen, times, _ = colours(data, 4)
+    assert times == [0.5, 0.7]  # samples 2-4 all reach frame 7: one frame, shown once
+    assert seen == ["red"] * 2
+    # uncapped (the default cap is larger than the video), the exact frames
+    monkeypatch.undo()
+    seen, times, _ = colours(data, 4)
+    assert times == [0.5, 1.5, 2.5, 3.5] and seen == ["red", "red", "blue", "blue"]
 
 
 # ------------------------------------------------------------------------------------- limits
