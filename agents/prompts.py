@@ -89,14 +89,24 @@ PROMPT_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "memory_ocr": (frozenset({"content"}), frozenset({"n", "sub_question"})),
     "omitted_notes": (frozenset({"count"}), frozenset()),
     "omitted_turns": (frozenset({"count"}), frozenset()),
+    # a question about a video (optional prompts, see OPTIONAL): the header and the label of
+    # each frame the vision expert sees, and the block the other roles get in {history}
+    "video_frames": (frozenset(), frozenset({"count", "duration"})),
+    "video_frame": (frozenset({"time"}), frozenset({"n"})),
+    "video_moment": (frozenset({"time"}), frozenset({"n"})),
+    "video_context": (frozenset({"frames"}), frozenset({"count", "duration"})),
 }
 
 
-#: prompts a folder may leave out: the OCR expert's (a run with OCR needs them, see
-#: :meth:`PromptSet.has`); so a custom prompts_dir written before the OCR expert still loads
-OPTIONAL: frozenset[str] = frozenset({"dispatcher_ocr", "dispatcher_parallel_ocr", "memory_ocr"})
 #: the prompts a run with the OCR expert needs
-OCR_PROMPTS = OPTIONAL
+OCR_PROMPTS: frozenset[str] = frozenset({"dispatcher_ocr", "dispatcher_parallel_ocr", "memory_ocr"})
+#: the prompts a question about a video needs
+VIDEO_PROMPTS: frozenset[str] = frozenset(
+    {"video_frames", "video_frame", "video_moment", "video_context"}
+)
+#: prompts a folder may leave out: the OCR expert's and the video ones (a run that uses them
+#: needs them, see :meth:`PromptSet.has`); so a custom prompts_dir written before them still loads
+OPTIONAL: frozenset[str] = OCR_PROMPTS | VIDEO_PROMPTS
 
 
 class PromptError(ValueError):

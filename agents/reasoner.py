@@ -20,7 +20,7 @@ from typing import TypeVar, get_args
 
 from agents.baselines import run_baseline
 from agents.config import AgentConfig
-from agents.prompts import DEFAULT_SET, OCR_PROMPTS, PromptError, PromptSet
+from agents.prompts import DEFAULT_SET, OCR_PROMPTS, VIDEO_PROMPTS, PromptError, PromptSet
 from agents.proreason import run_proreason
 from agents.run import RunContext
 from agents.types import (
@@ -152,7 +152,16 @@ class Reasoner:
                 f"the vision model {self.models.vision.model!r} does not accept images",
                 param="images",
             )
-        return Job(question, self.resolve(options or RunOptions()))
+        resolved = self.resolve(options or RunOptions())
+        if question.video is not None and not self.prompt_sets[resolved.prompts].has(
+            *VIDEO_PROMPTS
+        ):
+            raise InvalidRequest(
+                f"prompt set {resolved.prompts!r} has no video prompts "
+                f"({', '.join(sorted(VIDEO_PROMPTS))})",
+                param="video",
+            )
+        return Job(question, resolved)
 
     def resolve(self, options: RunOptions) -> ResolvedOptions:
         """``options`` with every gap filled from the AgentConfig. Raises InvalidRequest."""

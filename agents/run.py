@@ -24,7 +24,15 @@ from agents.types import Job, ModelSet, Step, StopReason
 from models.base import ModelBackend
 from models.errors import ContextLengthExceeded, ModelError, ModelUnavailable
 from models.ocr import OcrEngine, OcrResult
-from models.types import GenerationRequest, ImageInput, Message, SamplingParams
+from models.types import (
+    ContentPart,
+    GenerationRequest,
+    ImageInput,
+    ImagePart,
+    Message,
+    SamplingParams,
+    TextPart,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +80,7 @@ class RunContext:
         )
         self._errors: dict[int, ModelError] = {}
         self._history: dict[int, str] = {}
+        self._video_block: str | None = None
         self._noted: set[str] = set()
         self._t0 = time.perf_counter()
 
@@ -151,6 +160,50 @@ class RunContext:
             )
         return self._history[key]
 
+    def video_block(self) -> str:
+        """What the roles that cannot see are told about a video question ('' otherwise): its
+        length and the frames' numbers and times (``video_context``)."""
+        video = self.question.video
+        if video is None:
+            return ""
+        if self._video_block is None:
+            moments = ", ".join(
+                self.prompts.text("video_moment", n=n, time=_seconds(t))
+                for n, t in enumerate(video.timestamps, start=1)
+            )
+            self._video_block = self.prompts.text(
+                "video_context",
+                frames=moments,
+                count=len(video.frames),
+                duration=_seconds(video.duration_s),
+            )
+        return self._video_block
+
+    def frame_label(self, n: int) -> str:
+        """``Frame 3 at 1.50 s:`` for the n-th (1-based) frame of a video question."""
+        video = self.question.video
+        if video is None:
+            raise ValueError("not a video question")
+        return self.prompts.text("video_frame", n=n, time=_seconds(video.timestamps[n - 1]))
+
+    def visual_parts(self, images: Sequence[ImageInput]) -> list[ContentPart]:
+        """The images of a user turn, in order. A video question's frames are labelled: the
+        ``video_frames`` header, then each frame after its ``video_frame`` label."""
+        video = self.question.video
+        if video is None or tuple(images) != video.frames:
+            return [ImagePart(img) for img in images]
+        parts: list[ContentPart] = [
+            TextPart(
+                self.prompts.text(
+                    "video_frames", count=len(video.frames), duration=_seconds(video.duration_s)
+                ).strip()
+            )
+        ]
+        for n, frame in enumerate(video.frames, start=1):
+            parts.append(TextPart(self.frame_label(n).strip()))
+            parts.append(ImagePart(frame))
+        return parts
+
     def _image_labels(self, message: Message) -> str:
         """``[image 2]`` for each image of an earlier turn: its position among the images the
         vision expert sees (the latest turn's first, then earlier turns, newest first)."""
@@ -185,14 +238,15 @@ class RunContext:
         ``{memory}`` (fitted to ``backend``'s context after the rest of the prompt).
         """
         prompt = self.prompts[prompt_name]
-        if "history" in prompt.fields:
-            fields["history"] = self.history_block(backend)
+        if "history" in prompt.fields:  # the question's context: the video, then earlier turns
+            fields["history"] = self.video_block() + self.history_block(backend)
         if "memory" in prompt.fields:
             fields["memory"] = self._memory_text(prompt_name, backend, round, fields)
         messages: list[Message] = []
         if prompt.system:
             messages.append(Message.text("system", prompt.system))
-        messages.append(Message.user(prompt.render(**fields).strip(), images))
+        parts = [*self.visual_parts(images), TextPart(prompt.render(**fields).strip())]
+        messages.append(Message(role="user", content=tuple(parts)))
         return tuple(messages)
 
     def _memory_text(
@@ -338,7 +392,11 @@ class RunContext:
             self._errors[step.index] = exc
             self.note(f"round {step.round} ocr: failed ({step.error})")
         else:
-            step.output = format_ocr(results)
+            labels = None
+            if self.question.video is not None:  # "Frame 3 at 1.50 s" per frame
+                count = len(results)
+                labels = [self.frame_label(n).strip().rstrip(":") for n in range(1, count + 1)]
+            step.output = format_ocr(results, labels)
             step.finish_reason = "stop"
             if results and all(r.cached for r in results):
                 self.note(f"round {step.round} ocr: text from the cache")
@@ -368,13 +426,20 @@ class RunContext:
             self.note(f"{step.role} returned an empty answer")
 
 
-def format_ocr(results: Sequence[OcrResult]) -> str:
-    """The OCR expert's answer: per image, one line per row of text in reading order, each cell
+def _seconds(t: float) -> str:
+    """A time as the roles read it: seconds with two decimals (``1.50``)."""
+    return f"{t:.2f}"
+
+
+def format_ocr(results: Sequence[OcrResult], labels: Sequence[str] | None = None) -> str:
+    """The OCR expert's answer: per image (``labels[i]``, default ``Image i``; a video's frames
+    are named by number and time), one line per row of text in reading order, each cell
     ``[left,top,right,bottom] text``, cells of a row separated by `` | ``."""
     parts = []
     for i, result in enumerate(results, start=1):
         w, h = result.size
-        head = f"Image {i} ({w}x{h} px):"
+        name = labels[i - 1] if labels else f"Image {i}"
+        head = f"{name} ({w}x{h} px):"
         rows = [
             " | ".join(f"[{','.join(map(str, line.box))}] {line.text}" for line in row)
             for row in result.rows

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from models.base import ModelBackend
-from models.types import FinishReason, ImageInput, Message, Usage
+from models.types import FinishReason, ImageInput, Message, Usage, VideoInput
 
 #: the limits of a request, written once (wire schemas, settings and the Reasoner use these)
 MAX_ROUNDS = 32
@@ -25,6 +25,9 @@ StopReason = Literal[
 
 @dataclass(frozen=True)
 class Question:
+    """``video``: the question is about a video; ``images`` are then its sampled frames, in
+    order (``Question.about_video``), and nothing else."""
+
     text: str
     images: tuple[ImageInput, ...] = ()
     #: earlier chat turns (text only is enough; images in them are kept too), oldest first
@@ -32,6 +35,16 @@ class Question:
     answer_format: AnswerFormat = "open"
     #: the choices for multiple_choice questions (shown to the summarizer only)
     options: tuple[str, ...] = ()
+    video: VideoInput | None = None
+
+    def __post_init__(self) -> None:
+        if self.video is not None and self.images != self.video.frames:
+            raise ValueError("a video question's images must be the video's frames")
+
+    @classmethod
+    def about_video(cls, text: str, video: VideoInput, **fields: Any) -> Question:
+        """A question about ``video``: the vision expert sees its frames, in order."""
+        return cls(text=text, images=video.frames, video=video, **fields)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ envelope, and its streaming twin.
     error (models.errors or "here")  status  error.type              error.code
     InvalidRequest                   400     invalid_request_error   invalid_request / <its code>
     ├── MediaError                   400     invalid_request_error   invalid_image
+    │   └── VideoRefused (models.video) 400    invalid_request_error   invalid_video
     ├── PayloadTooLarge (here)       413     invalid_request_error   request_too_large
     └── NotFound                     404     invalid_request_error   not_found / model_not_found
     Unauthorized (here)              401     authentication_error    unauthorized

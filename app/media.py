@@ -1,4 +1,4 @@
-"""Media ingress: the only code that turns user-supplied image references into image bytes.
+"""Media ingress: the only code that turns user-supplied image and video references into bytes.
 
     ref ──┬─ data:image/<png|jpeg|webp|gif|bmp>;base64,...  size checked from the encoded length,
           │                                                  then strict base64
@@ -9,6 +9,12 @@
                                     │
              models.images.ImageDecoder (worker threads, bounded): pixel cap BEFORE decoding,
              EXIF transpose, RGB, max side  ->  ImageInput
+
+A video (``data:video/<mp4|webm|quicktime|x-matroska|x-msvideo>;base64,...``, an http(s) URL, or
+an upload) takes the same path with its own byte limit (``media.max_video_bytes``) and is handed
+to ``models.video.VideoDecoder`` (container sniffed, resolution and duration checked from the
+headers before any frame is decoded, N frames sampled) -> VideoInput. Its refusals are
+``VideoRefused`` (code ``invalid_video``); ``param`` is the field it came from.
 
 Every refusal is a ``models.errors.MediaError`` (an InvalidRequest: 4xx, never a 500). The loader
 raises ``ImageRefused`` (a MediaError) whose ``reason`` is a short code (also put in ``param``,
@@ -52,7 +58,8 @@ from app.netguard import IPAddress, NetGuard, Resolver
 from app.settings import MediaConfig
 from models.errors import MediaError
 from models.images import ImageDecoder, ImageRefused, refuse, short
-from models.types import ImageInput
+from models.types import ImageInput, VideoInput
+from models.video import SAMPLINGS, Sampling, VideoDecoder, VideoRefused
 
 logger = logging.getLogger(__name__)
 
@@ -60,77 +67,112 @@ logger = logging.getLogger(__name__)
 DATA_URL_TYPES: frozenset[str] = frozenset(
     {"image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif", "image/bmp"}
 )
+#: data-URL media types accepted for videos
+VIDEO_DATA_URL_TYPES: frozenset[str] = frozenset(
+    {"video/mp4", "video/webm", "video/quicktime", "video/x-matroska", "video/x-msvideo",
+     "video/avi"}
+)  # fmt: skip
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "proreason-media/0.1"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What is being loaded: the noun in messages, the error it raises, what a fetch accepts."""
+
+    noun: str
+    error: type[ImageRefused] | type[VideoRefused]
+    types: frozenset[str]
+    types_text: str
+    accept: str
+
+    def refuse(self, message: str, reason: str) -> MediaError:
+        return self.error(message, reason=reason)
+
+
+IMAGE = Kind(
+    "image",
+    ImageRefused,
+    DATA_URL_TYPES,
+    "image/png, image/jpeg, image/webp, image/gif, image/bmp",
+    "image/png,image/jpeg,image/webp,image/gif,image/bmp;q=0.9,*/*;q=0.1",
+)
+VIDEO = Kind(
+    "video",
+    VideoRefused,
+    VIDEO_DATA_URL_TYPES,
+    "video/mp4, video/webm, video/quicktime, video/x-matroska, video/x-msvideo",
+    "video/mp4,video/webm,video/quicktime,video/x-matroska;q=0.9,*/*;q=0.1",
+)
 
 
 # --------------------------------------------------------------------------------------------
 # data: URLs and http(s) URLs
 
 
-def decode_data_url(ref: str, max_bytes: int) -> bytes:
+def decode_data_url(ref: str, max_bytes: int, kind: Kind = IMAGE) -> bytes:
     """``data:image/png;base64,...`` -> bytes; size checked from the encoded length first."""
     header, comma, payload = ref.partition(",")
     if not comma:
-        raise refuse("malformed data URL: no ',' before the data", "invalid_data_url")
+        raise kind.refuse("malformed data URL: no ',' before the data", "invalid_data_url")
     meta = [p.strip().lower() for p in header[len("data:") :].split(";")]
     media_type, params = meta[0], meta[1:]
     if not params or params[-1] != "base64":
-        raise refuse(
-            "only base64 data URLs are accepted (data:image/png;base64,...)", "invalid_data_url"
-        )
-    if media_type not in DATA_URL_TYPES:
-        raise refuse(
+        example = "data:image/png;base64,..." if kind is IMAGE else "data:video/mp4;base64,..."
+        raise kind.refuse(f"only base64 data URLs are accepted ({example})", "invalid_data_url")
+    if media_type not in kind.types:
+        raise kind.refuse(
             f"unsupported data URL type {short(media_type, 40)!r} "
-            "(supported: image/png, image/jpeg, image/webp, image/gif, image/bmp)",
+            f"(supported: {kind.types_text})",
             "unsupported_format",
         )
     payload = payload.strip()
     decoded_size = (len(payload) // 4) * 3 - payload[-2:].count("=")
     if decoded_size > max_bytes:
-        raise refuse(
-            f"image is too large: about {decoded_size} bytes (limit {max_bytes} bytes)",
+        raise kind.refuse(
+            f"{kind.noun} is too large: about {decoded_size} bytes (limit {max_bytes} bytes)",
             "too_large",
         )
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise refuse(f"invalid base64 in data URL: {exc}", "invalid_base64") from None
+        raise kind.refuse(f"invalid base64 in data URL: {exc}", "invalid_base64") from None
     if len(data) > max_bytes:  # cannot happen given the estimate; kept as the real check
-        raise refuse(
-            f"image is too large: {len(data)} bytes (limit {max_bytes} bytes)", "too_large"
+        raise kind.refuse(
+            f"{kind.noun} is too large: {len(data)} bytes (limit {max_bytes} bytes)", "too_large"
         )
     return data
 
 
-def parse_http_url(ref: str) -> httpx.URL:
-    """An http(s) URL with a host and no credentials, or ImageRefused."""
+def parse_http_url(ref: str, kind: Kind = IMAGE) -> httpx.URL:
+    """An http(s) URL with a host and no credentials, or ImageRefused (VideoRefused)."""
+    noun = kind.noun
     try:
         url = httpx.URL(ref)
     except (httpx.InvalidURL, ValueError, TypeError) as exc:
-        raise refuse(f"invalid image URL: {exc}", "invalid_url") from None
+        raise kind.refuse(f"invalid {noun} URL: {exc}", "invalid_url") from None
     scheme = url.scheme.lower()
     if scheme not in ("http", "https"):
         if not scheme:
-            msg = "image URL must start with http://, https:// or data:"
+            msg = f"{noun} URL must start with http://, https:// or data:"
         else:
             msg = (
                 f"unsupported URL scheme {short(scheme, 20)!r} "
                 "(only http, https and data: URLs are accepted)"
             )
-        raise refuse(msg, "unsupported_scheme")
+        raise kind.refuse(msg, "unsupported_scheme")
     if not url.raw_host:
-        raise refuse("invalid image URL: no host", "invalid_url")
+        raise kind.refuse(f"invalid {noun} URL: no host", "invalid_url")
     if url.userinfo:
-        raise refuse(
-            "image URLs with credentials (user:password@) are not accepted", "invalid_url"
+        raise kind.refuse(
+            f"{noun} URLs with credentials (user:password@) are not accepted", "invalid_url"
         )
     return url
 
 
 @dataclass(frozen=True)
 class Upload:
-    """An uploaded image file (multipart)."""
+    """An uploaded image or video file (multipart)."""
 
     data: bytes
     filename: str
@@ -171,6 +213,7 @@ class MediaLoader:
             max_side=config.max_side,
             concurrency=decode_concurrency,
         )
+        self.video_decoder = VideoDecoder(config.video_limits)
 
     @staticmethod
     def _make_client(config: MediaConfig) -> httpx.AsyncClient:
@@ -285,51 +328,108 @@ class MediaLoader:
         """Uploaded bytes (multipart) -> a decoded, normalised image."""
         return await self.decoder.decode(data, source)
 
+    # -- videos ---------------------------------------------------------------------------------
+
+    def video_options(
+        self, frames: int | None, sampling: str | None, *, param: str
+    ) -> tuple[int, Sampling]:
+        """The one frames/sampling rule: defaults from the settings, at most max_video_frames
+        (a refusal names ``<param>_frames`` / ``<param>_sampling``)."""
+        cfg = self.config
+        n = cfg.video_frames if frames is None else frames
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= cfg.max_video_frames:
+            raise VideoRefused(
+                f"{param}_frames must be an integer from 1 to {cfg.max_video_frames}",
+                reason="too_many_frames",
+            ).at(f"{param}_frames")
+        how = cfg.video_sampling if sampling is None else sampling
+        if how not in SAMPLINGS:
+            raise VideoRefused(
+                f"{param}_sampling must be one of {', '.join(SAMPLINGS)}", reason="invalid_sampling"
+            ).at(f"{param}_sampling")
+        return n, how  # type: ignore[return-value]
+
+    async def load_video(
+        self, source: str | Upload, *, frames: int, sampling: Sampling, param: str
+    ) -> VideoInput:
+        """A data: or http(s) URL, or an uploaded file -> sampled frames; a refusal names
+        ``param``."""
+        try:
+            if isinstance(source, Upload):
+                data, shown = source.data, source.filename
+            else:
+                data, shown = await self._video_bytes(source)
+            return await self.video_decoder.decode(
+                data, frames=frames, sampling=sampling, source=shown
+            )
+        except MediaError as exc:
+            if not isinstance(exc, VideoRefused):
+                exc = VideoRefused(exc.message, reason=exc.param or "invalid_video")
+            message = exc.message if "video" in exc.message[:40] else f"video: {exc.message}"
+            raise VideoRefused(message, reason=exc.reason).at(param) from exc
+
+    async def _video_bytes(self, ref: str) -> tuple[bytes, str]:
+        if not isinstance(ref, str) or not ref.strip():
+            raise VIDEO.refuse("empty video reference", "invalid_url")
+        ref = ref.strip()
+        if ref[:5].lower() == "data:":
+            return decode_data_url(ref, self.config.max_video_bytes, VIDEO), "data URL"
+        url = parse_http_url(ref, VIDEO)
+        if not self.config.allow_remote:
+            raise VIDEO.refuse(
+                "fetching videos from URLs is disabled on this server; "
+                "send the video as a data: URL or upload it",
+                "remote_disabled",
+            )
+        return await self._fetch(url, VIDEO), short(str(url))
+
     # -- fetching -----------------------------------------------------------------------------
 
-    async def _fetch(self, url: httpx.URL) -> bytes:
+    async def _fetch(self, url: httpx.URL, kind: Kind = IMAGE) -> bytes:
         timeout = self.config.fetch_timeout_s
         shown = short(str(url))
         try:
-            return await asyncio.wait_for(self._fetch_with_redirects(url), timeout)
+            return await asyncio.wait_for(self._fetch_with_redirects(url, kind), timeout)
         except (asyncio.TimeoutError, httpx.TimeoutException):
-            raise refuse(
+            raise kind.refuse(
                 f"fetching {shown} timed out after {timeout:g} s", "fetch_timeout"
             ) from None
         except httpx.HTTPError as exc:
-            raise refuse(
+            raise kind.refuse(
                 f"fetching {shown} failed: {type(exc).__name__}: {short(str(exc), 120)}",
                 "fetch_failed",
             ) from None
 
-    async def _fetch_with_redirects(self, url: httpx.URL) -> bytes:
+    async def _fetch_with_redirects(self, url: httpx.URL, kind: Kind = IMAGE) -> bytes:
         max_redirects = self.config.max_redirects
         for hop in range(max_redirects + 1):
             if hop:
-                url = parse_http_url(str(url))  # scheme, host and credentials on every hop
+                url = parse_http_url(str(url), kind)  # scheme, host, credentials on every hop
             port = url.port or (443 if url.scheme == "https" else 80)
             try:
                 addresses = await self._guard.check(url.raw_host.decode("ascii"), port)
-            except ImageRefused:
+            except kind.error:
                 raise
             except MediaError as exc:  # the guard's refusals carry their reason in ``param``
                 reason = exc.param or "blocked_address"
-                raise ImageRefused(exc.message, reason=reason) from None
-            outcome = await self._get_pinned(url, addresses)
+                raise kind.refuse(exc.message, reason) from None
+            outcome = await self._get_pinned(url, addresses, kind)
             if isinstance(outcome, bytes):
                 return outcome
             logger.debug("media: redirect %s -> %s", url, outcome.location)
             url = outcome.location
-        raise refuse(
-            f"too many redirects fetching the image (more than {max_redirects})",
+        raise kind.refuse(
+            f"too many redirects fetching the {kind.noun} (more than {max_redirects})",
             "too_many_redirects",
         )
 
-    def _pinned_request(self, url: httpx.URL, address: IPAddress) -> httpx.Request:
+    def _pinned_request(
+        self, url: httpx.URL, address: IPAddress, kind: Kind = IMAGE
+    ) -> httpx.Request:
         host = url.raw_host.decode("ascii")
         headers = {
             "Host": url.netloc.decode("ascii"),
-            "Accept": "image/png,image/jpeg,image/webp,image/gif,image/bmp;q=0.9,*/*;q=0.1",
+            "Accept": kind.accept,
             "Accept-Encoding": "identity",
             "User-Agent": _USER_AGENT,
         }
@@ -344,11 +444,13 @@ class MediaLoader:
             "GET", url.copy_with(host=str(address)), headers=headers, extensions=extensions
         )
 
-    async def _get_pinned(self, url: httpx.URL, addresses: list[IPAddress]) -> bytes | _Redirect:
+    async def _get_pinned(
+        self, url: httpx.URL, addresses: list[IPAddress], kind: Kind = IMAGE
+    ) -> bytes | _Redirect:
         """GET ``url`` from one of the checked ``addresses`` (next one only if connecting fails)."""
         last_error: httpx.ConnectError | None = None
         for address in addresses:
-            request = self._pinned_request(url, address)
+            request = self._pinned_request(url, address, kind)
             try:
                 response = await self._client.send(
                     request, stream=True, follow_redirects=False, auth=None
@@ -357,43 +459,47 @@ class MediaLoader:
                 last_error = exc
                 continue
             try:
-                return await self._read(url, response)
+                return await self._read(url, response, kind)
             finally:
                 await response.aclose()
         detail = f": {short(str(last_error), 120)}" if last_error and str(last_error) else ""
-        raise refuse(f"cannot connect to {url.host!r}{detail}", "fetch_failed") from last_error
+        raise kind.refuse(
+            f"cannot connect to {url.host!r}{detail}", "fetch_failed"
+        ) from last_error
 
-    async def _read(self, url: httpx.URL, response: httpx.Response) -> bytes | _Redirect:
+    async def _read(
+        self, url: httpx.URL, response: httpx.Response, kind: Kind = IMAGE
+    ) -> bytes | _Redirect:
         status = response.status_code
         shown = short(str(url))
         if status in _REDIRECT_CODES:
             location = response.headers.get("Location")
             if not location:
-                raise refuse(f"{shown} redirected without a Location", "fetch_failed")
+                raise kind.refuse(f"{shown} redirected without a Location", "fetch_failed")
             try:
                 return _Redirect(url.join(location.strip()))
             except (httpx.InvalidURL, ValueError) as exc:
-                raise refuse(
+                raise kind.refuse(
                     f"{shown} redirected to an invalid URL: {exc}", "invalid_url"
                 ) from None
         if not 200 <= status < 300 or status in (204, 206):
             phrase = response.reason_phrase or ""
-            raise refuse(
+            raise kind.refuse(
                 f"fetching {shown} failed: the server answered HTTP {status} {phrase}".rstrip(),
                 "fetch_failed",
             )
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
-            raise refuse(
+            raise kind.refuse(
                 f"{shown} sent a compressed ({short(encoding, 20)}) response; "
-                "images must be served uncompressed",
+                f"{kind.noun}s must be served uncompressed",
                 "fetch_failed",
             )
-        limit = self.config.max_image_bytes
+        limit = self.config.max_image_bytes if kind is IMAGE else self.config.max_video_bytes
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-            raise refuse(
-                f"image at {shown} is too large: {int(declared)} bytes (limit {limit} bytes)",
+            raise kind.refuse(
+                f"{kind.noun} at {shown} is too large: {int(declared)} bytes (limit {limit} bytes)",
                 "too_large",
             )
         body = bytearray()
@@ -402,7 +508,7 @@ class MediaLoader:
         async for chunk in response.aiter_bytes():
             body += chunk
             if len(body) > limit:
-                raise refuse(
-                    f"image at {shown} is too large: more than {limit} bytes", "too_large"
+                raise kind.refuse(
+                    f"{kind.noun} at {shown} is too large: more than {limit} bytes", "too_large"
                 )
         return bytes(body)

@@ -39,6 +39,16 @@ from agents.config import AgentConfig
 from configs import bundled_dir
 from models.config import BackendConfig
 from models.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from models.video import (
+    DEFAULT_FRAME_SIDE,
+    DEFAULT_MAX_VIDEO_BYTES,
+    DEFAULT_MAX_VIDEO_DURATION_S,
+    DEFAULT_MAX_VIDEO_FRAMES,
+    DEFAULT_MAX_VIDEO_PIXELS,
+    DEFAULT_VIDEO_FRAMES,
+    Sampling,
+    VideoLimits,
+)
 
 ENV_PREFIX = "PROREASON_"
 
@@ -173,8 +183,22 @@ class MediaConfig(BaseModel):
     max_redirects: int = Field(3, ge=0)
     #: hosts (exact names or IPs/CIDRs) that may be fetched even when private / loopback
     allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    #: allow fetching http(s) image URLs at all
+    #: allow fetching http(s) image (and video) URLs at all
     allow_remote: bool = True
+    #: largest encoded video (downloaded, data URL or upload), bytes
+    max_video_bytes: int = Field(DEFAULT_MAX_VIDEO_BYTES, ge=1024)
+    #: longest video, seconds (read from the container before any frame is decoded)
+    max_video_duration_s: float = Field(DEFAULT_MAX_VIDEO_DURATION_S, gt=0)
+    #: largest video resolution, width x height pixels (from the container, before decoding)
+    max_video_pixels: int = Field(DEFAULT_MAX_VIDEO_PIXELS, ge=1)
+    #: frames sampled from a video when the request names no number
+    video_frames: int = Field(DEFAULT_VIDEO_FRAMES, ge=1)
+    #: the most frames a request may ask for (each is an image for the vision expert)
+    max_video_frames: int = Field(DEFAULT_MAX_VIDEO_FRAMES, ge=1)
+    #: how frames are chosen when the request does not say: uniform or scene (scene changes)
+    video_sampling: Sampling = "uniform"
+    #: sampled frames are downscaled so their longest side is at most this
+    video_frame_side: int = Field(DEFAULT_FRAME_SIDE, ge=16)
 
     @field_validator("allow_hosts", mode="before")
     @classmethod
@@ -182,6 +206,26 @@ class MediaConfig(BaseModel):
         if isinstance(value, str):  # PROREASON_MEDIA__ALLOW_HOSTS="images.internal,10.1.0.0/16"
             return [h.strip() for h in value.split(",") if h.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _frames_within_limit(self) -> MediaConfig:
+        if self.video_frames > self.max_video_frames:
+            raise PydanticCustomError(
+                "video_frames",
+                "media.video_frames ({frames}) is more than media.max_video_frames ({limit})",
+                {"frames": self.video_frames, "limit": self.max_video_frames},
+            )
+        return self
+
+    @property
+    def video_limits(self) -> VideoLimits:
+        return VideoLimits(
+            max_bytes=self.max_video_bytes,
+            max_duration_s=self.max_video_duration_s,
+            max_pixels=self.max_video_pixels,
+            max_frames=self.max_video_frames,
+            frame_side=self.video_frame_side,
+        )
 
 
 class Settings(BaseSettings):

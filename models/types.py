@@ -87,6 +87,30 @@ ContentPart = TextPart | ImagePart
 
 
 @dataclass(frozen=True)
+class VideoInput:
+    """Frames sampled from a video (``models.video``), in order, each with its timestamp.
+
+    ``timestamps[i]`` is the presentation time of ``frames[i]`` in seconds from the start of the
+    video; ``size`` is the video's own width x height (the frames may be downscaled).
+    """
+
+    frames: tuple[ImageInput, ...]
+    timestamps: tuple[float, ...]
+    duration_s: float
+    sampling: str = "uniform"
+    size: tuple[int, int] = (0, 0)
+    fps: float | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.frames) != len(self.timestamps) or not self.frames:
+            raise ValueError("a VideoInput needs one timestamp per frame, and a frame")
+
+    def __repr__(self) -> str:
+        times = ", ".join(f"{t:.2f}" for t in self.timestamps)
+        return f"VideoInput({len(self.frames)} frames at [{times}] s of {self.duration_s:.2f} s)"
+
+
+@dataclass(frozen=True)
 class Message:
     role: Role
     content: tuple[ContentPart, ...]

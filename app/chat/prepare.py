@@ -11,13 +11,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agents import Question, Reasoner, RunOptions
-from app.chat.schemas import ChatCompletionRequest, ChatMessage, ImageContent, TextContent
+from app.chat.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    ImageContent,
+    TextContent,
+    VideoContent,
+)
 from app.media import MediaLoader
 from app.pipelines import Pipeline, resolve_pipeline
 from app.runner import Prepared, request_timeout
 from app.settings import Settings
 from models.errors import InvalidRequest, MediaError
-from models.types import ContentPart, ImageInput, ImagePart, Message, TextPart
+from models.types import ContentPart, ImageInput, ImagePart, Message, TextPart, VideoInput
+from models.video import VideoRefused
 
 #: fields of the ``proreason`` extension, as the Reasoner names them in its errors
 _EXTENSION_PARAMS = ("options", "answer_format", "max_rounds", "prompts", "ocr")
@@ -94,6 +101,36 @@ def _image_refs(messages: Sequence[ChatMessage]) -> list[_ImageRef]:
     return refs
 
 
+def _video_refs(messages: Sequence[ChatMessage], images: Sequence[_ImageRef]) -> _ImageRef | None:
+    """The request's video: one distinct ``video_url`` (it may repeat in later turns), in a user
+    turn, not together with images."""
+    found: list[_ImageRef] = []
+    for i, m in enumerate(messages):
+        for j, part in enumerate(m.content if isinstance(m.content, list) else ()):
+            if not isinstance(part, VideoContent):
+                continue
+            path = f"messages[{i}].content[{j}].video_url"
+            if m.role != "user":
+                raise VideoRefused(
+                    f"videos are only allowed in user messages (message {i} is '{m.role}')",
+                    reason="invalid_video",
+                ).at(f"messages[{i}].content")
+            url = part.video_url if isinstance(part.video_url, str) else part.video_url.url
+            if found and url != found[0].url:
+                raise VideoRefused(
+                    "at most one video per request (a later turn may repeat the same URL)",
+                    reason="too_many_videos",
+                ).at(path)
+            found.append(_ImageRef(url, path, i))
+    if not found:
+        return None
+    if images:
+        raise VideoRefused(
+            "a request carries images or one video, not both", reason="video_with_images"
+        ).at(found[0].path)
+    return found[-1]
+
+
 def _select(refs: list[_ImageRef], last: int, limit: int) -> list[_ImageRef]:
     """The images the vision expert sees: the latest turn's (all of them, in order; more than
     ``limit`` is a 400 from the loader), then earlier turns' newest first, up to ``limit``
@@ -120,6 +157,9 @@ def _wire_text(m: ChatMessage) -> str:
 
 #: stands in for an earlier turn's image that was not loaded (over media.max_images)
 NOT_SHOWN = "[an earlier image, not shown to the models: over the per-request image limit]"
+#: stands in for the video in an earlier turn's text (its frames are the question's images);
+#: the space keeps it apart from the turn's text (parts are joined as they are)
+VIDEO_SHOWN = "[the video] "
 
 
 def _to_message(m: ChatMessage, images: dict[str, ImageInput]) -> Message:
@@ -132,6 +172,9 @@ def _to_message(m: ChatMessage, images: dict[str, ImageInput]) -> Message:
         for part in m.content:
             if isinstance(part, TextContent):
                 parts.append(TextPart(part.text))
+                continue
+            if isinstance(part, VideoContent):
+                parts.append(TextPart(VIDEO_SHOWN))
                 continue
             url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
             image = images.get(url)
@@ -149,20 +192,35 @@ async def prepare_chat(
     pipeline = resolve_pipeline(req.model, settings.server.served_model_prefix, settings.agent)
     _check_fields(req)
     last_index = len(req.messages) - 1
-    refs = _select(_image_refs(req.messages), last_index, media.config.max_images)
+    all_refs = _image_refs(req.messages)
+    video_ref = _video_refs(req.messages, all_refs)
+    refs = _select(all_refs, last_index, media.config.max_images)
     question_text = _wire_text(req.messages[-1])
     if not question_text.strip():
         raise InvalidRequest(
             "the last user message has no text (a question is required)",
             param=f"messages[{last_index}].content",
         )
+    ext = req.proreason
     started = time.perf_counter()
+    video: VideoInput | None = None
+    if video_ref is not None:
+        try:
+            frames, sampling = media.video_options(
+                ext.video_frames if ext else None, ext.video_sampling if ext else None,
+                param="video",
+            )  # fmt: skip
+        except InvalidRequest as exc:
+            exc.param = f"proreason.{exc.param}"
+            raise
+        video = await media.load_video(
+            video_ref.url, frames=frames, sampling=sampling, param=video_ref.path
+        )
     loaded = await media.load_request([r.url for r in refs], [r.path for r in refs],
                                       param="messages")  # fmt: skip
     media_s = time.perf_counter() - started
     by_url = {r.url: image for r, image in zip(refs, loaded, strict=True)}
     converted = [_to_message(m, by_url) for m in req.messages]
-    ext = req.proreason
     options = RunOptions(
         method=pipeline.method,
         mode=pipeline.mode,
@@ -175,13 +233,15 @@ async def prepare_chat(
         top_p=req.top_p,
         seed=req.seed,
     )
-    question = Question(
-        text=question_text,
-        images=tuple(loaded),  # the latest turn's first, then earlier turns' (newest first)
-        history=tuple(converted[:-1]),
-        answer_format=ext.answer_format if ext else "open",
-        options=tuple(ext.options or ()) if ext else (),
-    )
+    common = {
+        "history": tuple(converted[:-1]),
+        "answer_format": ext.answer_format if ext else "open",
+        "options": tuple(ext.options or ()) if ext else (),
+    }
+    if video is not None:
+        question = Question.about_video(question_text, video, **common)
+    else:  # the latest turn's images first, then earlier turns' (newest first)
+        question = Question(text=question_text, images=tuple(loaded), **common)
     try:
         job = reasoner.prepare(question, options)
     except InvalidRequest as exc:

@@ -35,7 +35,19 @@ class ImageContent(BaseModel):
     image_url: ImageURL | str
 
 
-ContentPart = Annotated[TextContent | ImageContent, Field(discriminator="type")]
+class VideoURL(BaseModel):
+    url: str = Field(description="http(s) or data:video/... URL")
+
+
+class VideoContent(BaseModel):
+    """vLLM's video part (``ChatCompletionContentPartVideoParam``): the service samples
+    ``proreason.video_frames`` frames and shows them to the vision expert with their times."""
+
+    type: Literal["video_url"]
+    video_url: VideoURL | str
+
+
+ContentPart = Annotated[TextContent | ImageContent | VideoContent, Field(discriminator="type")]
 
 
 class ChatMessage(BaseModel):
@@ -64,6 +76,10 @@ class ProReasonExtension(BaseModel):
     prompts: str | None = Field(None, max_length=32)
     #: offer the dispatcher the OCR expert (reads the text in the image); None: agent.ocr
     ocr: StrictBool | None = None
+    #: frames sampled from a `video_url` part; None: media.video_frames
+    video_frames: StrictInt | None = Field(None, ge=1, description="default: media.video_frames")
+    #: how they are chosen: evenly spaced, or at scene changes; None: media.video_sampling
+    video_sampling: Literal["uniform", "scene"] | None = None
     #: where streamed agent steps go: the delta field vLLM uses for reasoning text, the older
     #: DeepSeek name, or nowhere
     step_field: Literal["reasoning", "reasoning_content", "none"] = "reasoning"

@@ -2,6 +2,7 @@
 
     proreason ask --image cat.png "What is the cat sitting on?"   answer with a readable trace
     proreason ask --url http://localhost:8080 --image cat.png ... ask a running service instead
+    proreason ask --video clip.mp4 "What happens after the door opens?"   a question about a video
     proreason serve [--profile vllm]                               run the HTTP service
     proreason eval --dataset easy-vqa --method proreason ...       evaluate methods on a dataset
     proreason reproduce --data-dir data/                           the paper's table
@@ -156,6 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PATH_OR_URL",
         help="an image file, http(s) URL or data URL (repeat for several images)",
+    )
+    a.add_argument(
+        "--video",
+        metavar="PATH_OR_URL",
+        help="a video file, http(s) URL or data URL instead of images: its sampled frames are "
+        "what the vision expert sees",
+    )
+    a.add_argument(
+        "--video-frames", type=int, metavar="N", help="frames sampled from --video"
+    )
+    a.add_argument(
+        "--video-sampling",
+        choices=("uniform", "scene"),
+        help="how the frames are chosen: evenly spaced or at scene changes",
     )
     a.add_argument(
         "--url",

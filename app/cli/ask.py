@@ -40,6 +40,36 @@ def _read_image_file(ref: str, index: int) -> bytes:
         raise CLIError(f"image {index}: cannot read {ref}: {exc.strerror}") from None
 
 
+def _read_video_file(ref: str) -> bytes:
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise CLIError(f"video: no such file: {ref}")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CLIError(f"video: cannot read {ref}: {exc.strerror}") from None
+
+
+async def _load_video(settings: Any, args: argparse.Namespace) -> Any:
+    """--video through the service's loader (URLs guarded, limits from the settings)."""
+    from app.media import MediaLoader, Upload
+
+    if args.image:
+        raise CLIError("a question takes --image(s) or one --video, not both")
+    async with MediaLoader(settings.media) as loader:
+        try:
+            frames, sampling = loader.video_options(
+                args.video_frames, args.video_sampling, param="video"
+            )
+            ref = args.video
+            source = (
+                ref if _is_url(ref) else Upload(await asyncio.to_thread(_read_video_file, ref), ref)
+            )
+            return await loader.load_video(source, frames=frames, sampling=sampling, param="video")
+        except MediaError as exc:
+            raise CLIError(f"{args.video}: {exc.message}") from None
+
+
 def _is_url(ref: str) -> bool:
     return ref.startswith(("http://", "https://", "data:"))
 
@@ -88,13 +118,15 @@ async def _ask_in_process(args: argparse.Namespace) -> int:
     from app.backends import close_models
 
     settings = load_settings(args)
-    images = await _load_images(settings, args.image)
-    question = Question(
-        text=args.question,
-        images=tuple(images),
-        answer_format="multiple_choice" if args.choice else "open",
-        options=tuple(args.choice),
-    )
+    common: dict[str, Any] = {
+        "answer_format": "multiple_choice" if args.choice else "open",
+        "options": tuple(args.choice),
+    }
+    if args.video:
+        question = Question.about_video(args.question, await _load_video(settings, args), **common)
+    else:
+        images = await _load_images(settings, args.image)
+        question = Question(text=args.question, images=tuple(images), **common)
     options = RunOptions(
         method=args.method,
         mode=args.mode,
@@ -156,6 +188,12 @@ def _service_body(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.choice:
         body.update(answer_format="multiple_choice", options=list(args.choice))
+    if args.video:
+        ref = args.video
+        if not _is_url(ref):
+            mime = mimetypes.guess_type(ref)[0] or "video/mp4"
+            ref = f"data:{mime};base64,{base64.b64encode(_read_video_file(ref)).decode('ascii')}"
+        body["video"] = ref
     for key, value in (
         ("method", args.method),
         ("mode", args.mode),
@@ -163,6 +201,8 @@ def _service_body(args: argparse.Namespace) -> dict[str, Any]:
         ("parallel_perception", True if args.parallel else None),
         ("max_tokens", args.max_tokens),
         ("temperature", args.temperature),
+        ("video_frames", args.video_frames),
+        ("video_sampling", args.video_sampling),
     ):
         if value is not None:
             body[key] = value

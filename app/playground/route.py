@@ -19,10 +19,12 @@ STATIC_DIR = Path(str(files("app.playground") / "static"))
 #: Swagger UI and ReDoc bundles shipped by fastapi-offline (MIT; Swagger UI Apache-2.0, ReDoc MIT)
 DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 
-#: the page loads only its own files and talks only to its own origin
+#: the page loads only its own files and talks only to its own origin (blob: previews the
+#: images and the video the user chose)
 PLAYGROUND_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-    "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+    "media-src blob:; connect-src 'self'; form-action 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'"
 )
 
 #: /docs and /redoc: their inline bootstrap scripts run, nothing is loaded from elsewhere (ReDoc's

@@ -1,4 +1,5 @@
-"""``POST /v1/reason`` (JSON) and ``POST /v1/reason/upload`` (multipart with image files)."""
+"""``POST /v1/reason`` (JSON) and ``POST /v1/reason/upload`` (multipart with image files or a
+video file)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ _ROUTE = {
 async def reason(
     body: ReasonRequest, request: Request, runner: RunnerDep, media: MediaDep
 ) -> ReasonResponse | EventStream:
-    return await _serve(request, runner, media, body, body.question, body.images, ())
+    return await _serve(request, runner, media, body, body.question, body.images, (), body.video)
 
 
 @router.post(
@@ -53,9 +54,13 @@ async def reason_upload(
     runner: RunnerDep,
     media: MediaDep,
     files: Annotated[list[UploadFile], File(description="image files")] = [],  # noqa: B006
+    video_file: Annotated[UploadFile | None, File(description="a video file")] = None,
 ) -> ReasonResponse | EventStream:
     uploads = [Upload(await f.read(), f.filename or f"upload-{i}") for i, f in enumerate(files)]
-    return await _serve(request, runner, media, form, form.question, form.images, uploads)
+    clip = Upload(await video_file.read(), video_file.filename or "video") if video_file else None
+    return await _serve(
+        request, runner, media, form, form.question, form.images, uploads, form.video, clip
+    )
 
 
 async def _serve(
@@ -66,13 +71,15 @@ async def _serve(
     question: str,
     refs: list[str],
     uploads: list[Upload] | tuple[()],
+    video: str | None = None,
+    video_file: Upload | None = None,
 ) -> ReasonResponse | EventStream:
     """route -> prepare -> run -> render, for both variants."""
     started = time.perf_counter()
     request_id: str = request.state.request_id
     slot = runner.admit()
     work = prepare_reason(
-        params, question, refs, uploads,
+        params, question, refs, uploads, video=video, video_file=video_file,
         settings=runner.settings, media=media, reasoner=runner.reasoner,
     )  # fmt: skip
     prepared = await runner.within(request, slot, work)

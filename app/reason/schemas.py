@@ -45,6 +45,14 @@ class ReasonParams(BaseModel):
         description="offer the dispatcher the OCR expert (reads the text in the image, with "
         "positions); default: the server's agent.ocr",
     )
+    video_frames: int | None = Field(
+        None, ge=1, description="frames sampled from the video; default: media.video_frames"
+    )
+    video_sampling: Literal["uniform", "scene"] | None = Field(
+        None,
+        description="'uniform' (evenly spaced) or 'scene' (at scene changes); "
+        "default: media.video_sampling",
+    )
 
 
 class ReasonForm(ReasonParams):
@@ -52,6 +60,9 @@ class ReasonForm(ReasonParams):
 
     question: str = Field(min_length=1, max_length=QUESTION_MAX_CHARS)
     images: list[str] = Field(default_factory=list, description="http(s) or data: URLs")
+    video: str | None = Field(
+        None, description="a video as an http(s) or data:video/... URL (or upload `video_file`)"
+    )
 
 
 class ReasonRequest(ReasonParams):
@@ -66,6 +77,12 @@ class ReasonRequest(ReasonParams):
                     "mode": "assisted",
                     "max_rounds": 8,
                     "trace": True,
+                },
+                {
+                    "question": "What happens after the square turns blue?",
+                    "video": "https://example.com/clip.mp4",
+                    "video_frames": 8,
+                    "video_sampling": "scene",
                 },
                 {
                     "question": "Which shape is red?",
@@ -83,6 +100,11 @@ class ReasonRequest(ReasonParams):
         default_factory=list,
         max_length=64,
         description="http(s) or data: URLs (the server's media.max_images applies)",
+    )
+    video: str | None = Field(
+        None,
+        description="a video (http(s) or data:video/mp4;base64,... URL): its sampled frames are "
+        "what the vision expert sees; not together with images",
     )
 
 

@@ -8,9 +8,11 @@ const ROLE_EVENTS = new Set(["dispatch", "vision", "insight", "verdict", "answer
 
 const $ = (id) => document.getElementById(id);
 const form = $("ask");
-const chosen = []; // File objects
+const chosen = []; // File objects (images)
+let video = null; // one video File: a request carries images or one video, not both
+let videoUrl = null; // its object URL (the preview)
 let controller = null;
-let lastRun = null; // {params, files} of the last run, for "copy as"
+let lastRun = null; // {params, files, video} of the last run, for "copy as"
 
 // ------------------------------------------------------------------ small DOM helpers
 
@@ -29,12 +31,49 @@ function el(tag, attrs = {}, ...children) {
 
 const seconds = (s) => `${Number(s || 0).toFixed(2)} s`;
 
-// ------------------------------------------------------------------ images: pick, drop, paste
+// ------------------------------------------------------------------ images or a video: pick, drop, paste
+
+function mediaStatus(text) { $("media-status").textContent = text; }
 
 function addFiles(files) {
-  for (const f of files) if (f.type.startsWith("image/")) chosen.push(f);
+  const list = [...files];
+  const clip = list.find((f) => f.type.startsWith("video/"));
+  const images = list.filter((f) => f.type.startsWith("image/"));
+  if (clip) {
+    setVideo(clip);
+    if (images.length || chosen.length) mediaStatus("A question takes images or one video: kept the video.");
+    chosen.length = 0;
+  } else if (images.length) {
+    if (video) { setVideo(null); mediaStatus("A question takes images or one video: removed the video."); }
+    chosen.push(...images);
+  }
   drawThumbs();
 }
+
+function setVideo(file) {
+  if (videoUrl) URL.revokeObjectURL(videoUrl);
+  video = file;
+  videoUrl = file ? URL.createObjectURL(file) : null;
+  const box = $("video-box");
+  box.hidden = !file;
+  const preview = $("video-preview");
+  if (file) {
+    preview.src = videoUrl;
+    preview.setAttribute("aria-label", `Chosen video: ${file.name}`);
+    $("video-name").textContent = file.name;
+    $("remove-video").setAttribute("aria-label", `Remove video (${file.name})`);
+  } else {
+    preview.removeAttribute("src");
+    preview.load();
+    $("video-name").textContent = "";
+  }
+}
+
+$("remove-video").addEventListener("click", () => {
+  setVideo(null);
+  mediaStatus("Video removed.");
+  $("files").focus();
+});
 
 function drawThumbs() {
   const list = $("thumbs");
@@ -86,11 +125,16 @@ function readParams(pipeline) {
   if (pipeline === "proreason-assisted") params.mode = "assisted";
   if ($("max-rounds").value) params.max_rounds = Number($("max-rounds").value);
   if (method === "proreason" && $("parallel").checked) params.parallel_perception = true;
+  if (method === "proreason" && $("ocr").checked) params.ocr = true;
+  if (video) {
+    if ($("video-frames").value) params.video_frames = Number($("video-frames").value);
+    if ($("video-sampling").value) params.video_sampling = $("video-sampling").value;
+  }
   if (options.length) { params.answer_format = "multiple_choice"; params.options = options; }
   return { pipeline, params };
 }
 
-function body(params, files) {
+function body(params, files, clip) {
   const data = new FormData();
   for (const [k, v] of Object.entries(params)) {
     if (Array.isArray(v)) v.forEach((item) => data.append(k, item));
@@ -99,6 +143,7 @@ function body(params, files) {
   data.append("stream", "true");
   data.append("trace", "true");
   files.forEach((f) => data.append("files", f, f.name));
+  if (clip) data.append("video_file", clip, clip.name);
   return data;
 }
 
@@ -245,11 +290,11 @@ function renderStep(s, event) {
   return li;
 }
 
-async function runOne(panel, params, files, signal) {
+async function runOne(panel, params, files, clip, signal) {
   let response;
   try {
     response = await fetch("v1/reason/upload", {
-      method: "POST", headers: headers(), body: body(params, files), signal,
+      method: "POST", headers: headers(), body: body(params, files, clip), signal,
     });
   } catch (err) {
     panel.showError(0, { error: { type: "network_error", message: String(err.message || err) } });
@@ -282,14 +327,15 @@ async function start(pipelines) {
   const runs = $("runs");
   runs.replaceChildren();
   const files = [...chosen];
+  const clip = video;
   const jobs = pipelines.map((p) => {
     const { pipeline, params } = readParams(p);
     const panel = new RunPanel(pipelines.length > 1 ? `${pipeline}` : `Run: ${pipeline}`);
     panel.root.dataset.pipeline = pipeline;
     runs.append(panel.root);
     panel.setStatus("Waiting for the server...");
-    lastRun = { pipeline, params, files };
-    return runOne(panel, params, files, controller.signal);
+    lastRun = { pipeline, params, files, video: clip };
+    return runOne(panel, params, files, clip, controller.signal);
   });
   showSnippet("curl");
   $("stop").disabled = false;
@@ -316,7 +362,7 @@ const shellQuote = (s) => `'${String(s).replace(/'/g, "'\\''")}'`;
 const pyStr = (s) => JSON.stringify(String(s));
 const api = () => new URL(".", location.href).href.replace(/\/$/, "");
 
-function curlSnippet({ params, files }) {
+function curlSnippet({ params, files, video: clip }) {
   const lines = [`curl -N ${shellQuote(`${api()}/v1/reason/upload`)}`];
   if (keyInput.value) lines.push(`-H "Authorization: Bearer $PROREASON_API_KEY"`);
   for (const [k, v] of Object.entries(params)) {
@@ -324,10 +370,11 @@ function curlSnippet({ params, files }) {
   }
   lines.push("-F stream=true", "-F trace=true");
   files.forEach((f) => lines.push(`-F ${shellQuote(`files=@${f.name}`)}`));
+  if (clip) lines.push(`-F ${shellQuote(`video_file=@${clip.name}`)}`);
   return lines.join(" \\\n  ");
 }
 
-function pythonSnippet({ pipeline, params, files }) {
+function pythonSnippet({ pipeline, params, files, video: clip }) {
   let model = pipeline.startsWith("proreason") ? pipeline : `proreason-${pipeline}`;
   const notes = [];
   if (params.parallel_perception) {
@@ -336,12 +383,17 @@ function pythonSnippet({ pipeline, params, files }) {
   }
   const extra = ["\"trace\": True"];
   if (params.max_rounds) extra.push(`"max_rounds": ${params.max_rounds}`);
+  if (params.ocr) extra.push(`"ocr": True`);
+  if (params.video_frames) extra.push(`"video_frames": ${params.video_frames}`);
+  if (params.video_sampling) extra.push(`"video_sampling": ${pyStr(params.video_sampling)}`);
   if (params.options) {
     extra.push(`"answer_format": "multiple_choice"`, `"options": [${params.options.map(pyStr).join(", ")}]`);
   }
   const parts = [`            {"type": "text", "text": ${pyStr(params.question)}},`];
   files.forEach((f) => parts.push(
     `            {"type": "image_url", "image_url": {"url": data_url(${pyStr(f.name)}, ${pyStr(f.type || "image/png")})}},`));
+  if (clip) parts.push(
+    `            {"type": "video_url", "video_url": {"url": data_url(${pyStr(clip.name)}, ${pyStr(clip.type || "video/mp4")})}},`);
   return [
     "import base64",
     "import os",
