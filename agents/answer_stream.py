@@ -24,9 +24,13 @@ committed line ends, nothing more is emitted until the reply ends; then :meth:`c
 run's answer (``final_answer`` of the whole reply, or the option letter) and returns the rest.
 
 The one case where the pieces cannot add up: the reply has an ``Answer:`` line *after* the
-committed line ("Red.\\nAnswer: blue"). The answer is still ``final_answer`` of the whole reply
-(a streamed run answers as a non-streamed one); :meth:`close` returns ``None`` and the caller
-notes it (the client has seen the start of the committed line's answer).
+committed line ("Red.\\nAnswer: blue"; or, in a reply over ``MAX_SCAN_CHARS``, the committed
+line fell out of the part ``answer_line`` reads). The answer is still ``final_answer`` of the
+whole reply (a streamed run answers as a non-streamed one); :meth:`close` returns ``None`` and the
+caller notes it (the client has seen the start of the committed line's answer).
+
+The rules themselves stay in ``agents.answers`` (its patterns and ``_unmark`` are reused here, not
+restated); the property test in tests/agents/test_answer_stream.py holds the two together.
 """
 
 from __future__ import annotations
