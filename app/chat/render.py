@@ -188,8 +188,11 @@ class ChunkWriter:
     def role(self) -> str:
         return self.chunk(ChunkDelta(role="assistant", content=""))
 
+    def reasoning(self, line: str, field: str) -> str:
+        return self.chunk(ChunkDelta(**{field: line}))
+
     def step(self, step: Step, field: str) -> str:
-        return self.chunk(ChunkDelta(**{field: step_line(step)}))
+        return self.reasoning(step_line(step), field)
 
     def content(self, text: str) -> str:
         return self.chunk(ChunkDelta(content=text))
@@ -238,7 +241,7 @@ async def chat_events(
                 if event.step.index not in answering:
                     answering.add(event.step.index)
                     if step_field != "none":
-                        yield writer.chunk(ChunkDelta(**{step_field: answering_line(event.step)}))
+                        yield writer.reasoning(answering_line(event.step), step_field)
                 if piece := content.feed(event.text):
                     yield writer.content(piece)
             elif step_field != "none" and event.index not in answering:

@@ -172,6 +172,19 @@ def test_a_streamed_multiple_choice_answer_is_the_option_letter(
     assert finish == whole["finish_reason"] == "stop"
 
 
+def test_an_answer_line_after_the_streamed_line_keeps_the_whole_replys_answer(
+    client: TestClient, data_url: str, text: FakeModel
+) -> None:
+    text.script["summarizer"] = "Red.\nNo, the notes say otherwise.\nAnswer: blue"
+    body = {"messages": [user_turn("Which colour?", data_url)], "proreason": {"trace": True}}
+    whole = chat(client, **body)
+    chunks = stream_chunks(client, **body)
+    pieces, _ = _streamed(chunks)
+    assert whole["choices"][0]["message"]["content"] == "blue"
+    assert pieces == ["Red"]  # the documented exception: the stream showed the first line
+    assert chunks[-1]["proreason"]["steps"][-1]["output"].endswith("Answer: blue")
+
+
 def test_stop_wins_over_length(client: TestClient, data_url: str, text: FakeModel) -> None:
     text.finish["summarizer"] = "length"
     body = chat(client, messages=[user_turn("Where?", data_url)], stop="blue")
