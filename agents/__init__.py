@@ -7,15 +7,17 @@ one-shot baselines behind one interface. Knows nothing about HTTP; talks to mode
     job = reasoner.prepare(question, RunOptions(mode="pure"))   # validated (InvalidRequest)
     async for event in reasoner.stream(job):
         ...  # a Step per model call, then one RunResult
+    reasoner.stream(job, answer_deltas=True)   # the answer's pieces too (AnswerDelta)
 """
 
 from agents.config import AgentConfig
 from agents.prompts import PromptError, PromptSet
 from agents.reasoner import Reasoner
-from agents.types import Job, ModelSet, Question, RunOptions, RunResult, Step
+from agents.types import AnswerDelta, Job, ModelSet, Question, RunOptions, RunResult, Step
 
 __all__ = [
     "AgentConfig",
+    "AnswerDelta",
     "Job",
     "ModelSet",
     "PromptError",

@@ -20,7 +20,7 @@ from typing import Any
 from agents.parsing import ParseError, extract_object
 from agents.proreason import answer_without_image
 from agents.run import AnswerStyle, RunContext
-from agents.types import Step
+from agents.types import AnswerDelta, Step
 
 SCENE_GRAPH_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -53,16 +53,16 @@ SCENE_GRAPH_SCHEMA: dict[str, Any] = {
 }
 
 
-async def run_baseline(ctx: RunContext) -> AsyncIterator[Step]:
+async def run_baseline(ctx: RunContext) -> AsyncIterator[Step | AnswerDelta]:
     if not ctx.question.images:
-        async for step in answer_without_image(ctx):
-            yield step
+        async for event in answer_without_image(ctx):
+            yield event
         return
     method = ctx.options.method
     if method == "direct":
-        step = await _answer_with_image(ctx, "direct", "direct", "direct")
+        answer = _answer_with_image(ctx, "direct", "direct", "direct")
     elif method == "cot":
-        step = await _answer_with_image(ctx, "cot", "cot", "step")
+        answer = _answer_with_image(ctx, "cot", "cot", "step")
     elif method == "ccot":
         graph = await ctx.call(
             "scene_graph",
@@ -75,7 +75,7 @@ async def run_baseline(ctx: RunContext) -> AsyncIterator[Step]:
         scene_graph = "" if graph.error else _scene_graph_text(ctx, graph)
         yield graph
         ctx.raise_if_failed(graph)
-        step = await _answer_with_image(
+        answer = _answer_with_image(
             ctx, "ccot_answer", "ccot_answer", "direct", scene_graph=scene_graph
         )
     elif method == "caption":
@@ -84,40 +84,32 @@ async def run_baseline(ctx: RunContext) -> AsyncIterator[Step]:
         )
         yield caption
         ctx.raise_if_failed(caption)
-        step = await ctx.call(
+        messages = ctx.messages(
             "caption_answer",
             ctx.text,
-            ctx.messages(
-                "caption_answer",
-                ctx.text,
-                question=ctx.question.text,
-                caption=ctx.clip(caption.output.strip(), ctx.text),
-                answer_format=ctx.answer_format("direct"),
-            ),
+            question=ctx.question.text,
+            caption=ctx.clip(caption.output.strip(), ctx.text),
+            answer_format=ctx.answer_format("direct"),
         )
+        answer = ctx.final_call("caption_answer", ctx.text, messages, "baseline", style="direct")
     else:  # the Reasoner validates methods before a run starts
         raise ValueError(f"not a baseline method: {method!r}")
-    if not step.error:
-        ctx.finish(step, "baseline")
-    yield step
-    ctx.raise_if_failed(step)
+    async for event in answer:
+        yield event
 
 
-async def _answer_with_image(
+def _answer_with_image(
     ctx: RunContext, role: str, prompt_name: str, style: AnswerStyle, **fields: Any
-) -> Step:
-    return await ctx.call(
-        role,
+) -> AsyncIterator[Step | AnswerDelta]:
+    messages = ctx.messages(
+        prompt_name,
         ctx.vision,
-        ctx.messages(
-            prompt_name,
-            ctx.vision,
-            images=ctx.question.images,
-            question=ctx.question.text,
-            answer_format=ctx.answer_format(style),
-            **fields,
-        ),
+        images=ctx.question.images,
+        question=ctx.question.text,
+        answer_format=ctx.answer_format(style),
+        **fields,
     )
+    return ctx.final_call(role, ctx.vision, messages, "baseline", style=style)
 
 
 def _scene_graph_text(ctx: RunContext, step: Step) -> str:

@@ -49,7 +49,7 @@ from agents.parsing import (
     parse_verdict,
 )
 from agents.run import RunContext
-from agents.types import Step
+from agents.types import AnswerDelta, Step
 from models.types import Message
 
 _EXPERTS = ["vision", "insight"]
@@ -103,26 +103,17 @@ def parallel_dispatch_schema(max_questions: int, ocr: bool = False) -> dict[str,
     }
 
 
-async def answer_without_image(ctx: RunContext) -> AsyncIterator[Step]:
+def answer_without_image(ctx: RunContext) -> AsyncIterator[Step | AnswerDelta]:
     """No image: the text model answers the question in one call."""
-    step = await ctx.call(
-        "direct",
-        ctx.text,
-        ctx.messages(
-            "no_image",
-            ctx.text,
-            question=ctx.question.text,
-            answer_format=ctx.answer_format("direct"),
-        ),
+    messages = ctx.messages(
+        "no_image", ctx.text, question=ctx.question.text, answer_format=ctx.answer_format("direct")
     )
-    if not step.error:
-        ctx.finish(step, "no_image_direct")
-    yield step
-    ctx.raise_if_failed(step)
+    return ctx.final_call("direct", ctx.text, messages, "no_image_direct", style="direct")
 
 
-async def run_proreason(ctx: RunContext) -> AsyncIterator[Step]:
-    """Yield every Step as its call completes; the answer and stop reason end up on ``ctx``."""
+async def run_proreason(ctx: RunContext) -> AsyncIterator[Step | AnswerDelta]:
+    """Yield every Step as its call completes (and the final answer's AnswerDeltas before its
+    Step, when the run streams them); the answer and stop reason end up on ``ctx``."""
     if not ctx.question.images:
         async for step in answer_without_image(ctx):
             yield step
@@ -166,29 +157,22 @@ async def run_proreason(ctx: RunContext) -> AsyncIterator[Step]:
         ctx.raise_if_fatal(rstep)
         if verdict is None or not verdict.solvable:
             continue
-        sstep = await _summarize(ctx, rnd)
-        if not sstep.error:
-            ctx.finish(sstep, "solved")
-        yield sstep
-        ctx.raise_if_failed(sstep)
+        async for event in _summarize(ctx, rnd):
+            yield event
         return
 
-    fstep = await ctx.call(
+    messages = ctx.messages(
         "fallback",
         ctx.vision,
-        ctx.messages(
-            "fallback",
-            ctx.vision,
-            images=ctx.question.images,
-            question=ctx.question.text,
-            answer_format=ctx.answer_format("direct"),
-        ),
-        round=ctx.rounds,
+        images=ctx.question.images,
+        question=ctx.question.text,
+        answer_format=ctx.answer_format("direct"),
     )
-    if not fstep.error:
-        ctx.finish(fstep, "max_rounds_fallback")
-    yield fstep
-    ctx.raise_if_failed(fstep)
+    fallback = ctx.final_call(
+        "fallback", ctx.vision, messages, "max_rounds_fallback", style="direct", round=ctx.rounds
+    )
+    async for event in fallback:
+        yield event
 
 
 def _cut_off(ctx: RunContext, step: Step) -> bool:
@@ -334,16 +318,12 @@ async def _referee(ctx: RunContext, rnd: int) -> Step:
     )
 
 
-async def _summarize(ctx: RunContext, rnd: int) -> Step:
-    return await ctx.call(
+def _summarize(ctx: RunContext, rnd: int) -> AsyncIterator[Step | AnswerDelta]:
+    messages = ctx.messages(
         "summarizer",
         ctx.text,
-        ctx.messages(
-            "summarizer",
-            ctx.text,
-            round=rnd,
-            question=ctx.question.text,
-            answer_format=ctx.answer_format("summary"),
-        ),
         round=rnd,
+        question=ctx.question.text,
+        answer_format=ctx.answer_format("summary"),
     )
+    return ctx.final_call("summarizer", ctx.text, messages, "solved", style="summary", round=rnd)

@@ -33,9 +33,9 @@ from agents.types import (
     ModelSet,
     Question,
     ResolvedOptions,
+    RunEvent,
     RunOptions,
     RunResult,
-    Step,
 )
 from models.errors import InvalidRequest, ModelLoadError
 from models.ocr import OcrEngine, ocr_available
@@ -236,15 +236,25 @@ class Reasoner:
             raise RuntimeError("the run ended without a result")
         return result
 
-    async def stream(self, job: Job) -> AsyncIterator[Step | RunResult]:
-        """Yield each Step of a prepared Job as its model call finishes, then one RunResult."""
+    async def stream(self, job: Job, *, answer_deltas: bool = False) -> AsyncIterator[RunEvent]:
+        """Yield each Step of a prepared Job as its model call finishes, then one RunResult.
+
+        ``answer_deltas``: the call that answers (summarizer, fallback, no-image answer, the
+        baselines' answer) is streamed, and its AnswerDeltas come before its Step: an empty one
+        as it starts, then pieces that add up to ``RunResult.answer`` (agents.answer_stream).
+        """
         ctx = RunContext(
-            job, self.models, self.prompt_sets[job.options.prompts], self.config, ocr=self.ocr
+            job,
+            self.models,
+            self.prompt_sets[job.options.prompts],
+            self.config,
+            ocr=self.ocr,
+            answer_deltas=answer_deltas,
         )
         method = run_proreason(ctx) if job.options.method == "proreason" else run_baseline(ctx)
         try:
-            async for step in method:
-                yield step
+            async for event in method:
+                yield event
         finally:
             await method.aclose()
         yield self._result(ctx)

@@ -1,7 +1,9 @@
 """The state of one run: prompt building within the context budget, model calls recorded as Steps.
 
-Every model call goes through :meth:`RunContext.call` (or :meth:`RunContext.execute`): it measures
-the call, records output and usage on a :class:`~agents.types.Step`, and turns a ``ModelError`` into
+Every model call goes through :meth:`RunContext.call` (or :meth:`RunContext.execute`), and the
+call that produces the run's answer through :meth:`RunContext.final_call` (streamed, when the run
+streams answer pieces, with :class:`~agents.answer_stream.AnswerStream`): it measures the call,
+records output and usage on a :class:`~agents.types.Step`, and turns a ``ModelError`` into
 ``Step.error`` (the caller decides whether that spends a round or fails the run, see
 :meth:`RunContext.raise_if_failed`; :meth:`RunContext.raise_if_fatal` fails it for an unavailable
 model or a prompt too large for it, which no further round would get past).
@@ -13,25 +15,29 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from typing import Any, Literal
 
+from agents.answer_stream import AnswerStream, StreamMode
 from agents.answers import final_answer, format_options, option_letter, read_choice
 from agents.config import AgentConfig
 from agents.memory import Fitted, Memory, clip_text, fit_lines
 from agents.prompts import PromptSet
-from agents.types import Job, ModelSet, Step, StopReason
+from agents.types import AnswerDelta, Job, ModelSet, Step, StopReason
 from models.base import ModelBackend
 from models.errors import ContextLengthExceeded, ModelError, ModelUnavailable
 from models.ocr import OcrEngine, OcrResult
 from models.types import (
     ContentPart,
+    FinishReason,
     GenerationRequest,
     ImageInput,
     ImagePart,
     Message,
     SamplingParams,
     TextPart,
+    Usage,
 )
 
 logger = logging.getLogger(__name__)
@@ -55,8 +61,11 @@ class RunContext:
         config: AgentConfig,
         *,
         ocr: OcrEngine | None = None,
+        answer_deltas: bool = False,
     ) -> None:
         self.question = job.question
+        #: stream the final answer's model call and yield AnswerDeltas (``RunContext.answer``)
+        self.answer_deltas = answer_deltas
         self.options = job.options
         self.prompts = prompts
         self.config = config
@@ -281,8 +290,10 @@ class RunContext:
     def json_schema(self, backend: ModelBackend, schema: dict[str, Any]) -> dict[str, Any] | None:
         """``schema`` when it may be sent: the backend supports it, the profile wants structured
         decisions and the prompt set asks for JSON (the reference set's protocol is text)."""
-        if self.config.structured_decisions and self.prompts.structured and (
-            backend.supports_json_schema
+        if (
+            self.config.structured_decisions
+            and self.prompts.structured
+            and (backend.supports_json_schema)
         ):
             return schema
         return None
@@ -321,6 +332,37 @@ class RunContext:
         self.note(f"{role}: adapter {name!r} is not served by {backend.model!r}; base model")
         return None
 
+    def _request(
+        self,
+        step: Step,
+        backend: ModelBackend,
+        messages: tuple[Message, ...],
+        json_schema: dict[str, Any] | None = None,
+    ) -> GenerationRequest:
+        return GenerationRequest(
+            messages=messages,
+            sampling=self.sampling,
+            json_schema=json_schema,
+            request_id=f"{self.run_id}-{step.index}",
+            session_id=self.run_id,
+            adapter=self._adapter(step.role, backend),
+        )
+
+    def _failed(self, step: Step, exc: ModelError) -> None:
+        step.error = f"{type(exc).__name__}: {exc.message}"
+        self._errors[step.index] = exc
+        self.note(f"round {step.round} {step.role}: model call failed ({step.error})")
+
+    def _answered(
+        self, step: Step, text: str, finish_reason: FinishReason, usage: Usage, model: str
+    ) -> None:
+        step.output = text
+        step.finish_reason = finish_reason
+        step.usage = usage
+        step.model = model or step.model
+        if finish_reason == "length":
+            self.note(f"round {step.round} {step.role}: output cut at max_tokens")
+
     async def execute(
         self,
         step: Step,
@@ -329,32 +371,89 @@ class RunContext:
         json_schema: dict[str, Any] | None = None,
     ) -> Step:
         """Run one model call for ``step``. A ModelError is recorded on the step, not raised."""
-        request = GenerationRequest(
-            messages=messages,
-            sampling=self.sampling,
-            json_schema=json_schema,
-            request_id=f"{self.run_id}-{step.index}",
-            session_id=self.run_id,
-            adapter=self._adapter(step.role, backend),
-        )
+        request = self._request(step, backend, messages, json_schema)
         start = time.perf_counter()
         step.started_at = start - self._t0
         try:
             result = await backend.generate(request)
         except ModelError as exc:
-            step.error = f"{type(exc).__name__}: {exc.message}"
-            self._errors[step.index] = exc
-            self.note(f"round {step.round} {step.role}: model call failed ({step.error})")
+            self._failed(step, exc)
         else:
-            step.output = result.text
-            step.finish_reason = result.finish_reason
-            step.usage = result.usage
-            step.model = result.model or step.model
-            if result.finish_reason == "length":
-                self.note(f"round {step.round} {step.role}: output cut at max_tokens")
+            self._answered(step, result.text, result.finish_reason, result.usage, result.model)
         finally:
             step.latency_s = time.perf_counter() - start
         return step
+
+    async def _execute_streamed(
+        self,
+        step: Step,
+        backend: ModelBackend,
+        messages: tuple[Message, ...],
+        answer: AnswerStream,
+    ) -> AsyncIterator[str]:
+        """As :meth:`execute`, through ``backend.stream``: yields the pieces ``answer`` lets
+        through as they are generated; the step gets the whole reply, usage and latency."""
+        request = self._request(step, backend, messages)
+        start = time.perf_counter()
+        step.started_at = start - self._t0
+        text, finish, usage = "", None, None
+        try:
+            async with aclosing(backend.stream(request)) as deltas:
+                async for delta in deltas:
+                    text += delta.text
+                    finish = delta.finish_reason or finish
+                    usage = delta.usage or usage
+                    piece = answer.feed(delta.text)
+                    if piece:
+                        yield piece
+        except ModelError as exc:
+            self._failed(step, exc)
+        else:
+            self._answered(step, text, finish or "stop", usage or Usage(), "")
+        finally:
+            step.latency_s = time.perf_counter() - start
+
+    def _stream_mode(self, style: AnswerStyle) -> StreamMode:
+        """How the answer of a reply in ``style`` may be streamed (see agents.answer_stream)."""
+        if self.question.answer_format == "multiple_choice":
+            return "hold"  # the answer is the option letter, read from the whole reply
+        return "line" if style == "step" else "free"
+
+    async def final_call(
+        self,
+        role: str,
+        backend: ModelBackend,
+        messages: tuple[Message, ...],
+        stop_reason: StopReason,
+        *,
+        style: AnswerStyle,
+        round: int = 0,
+    ) -> AsyncIterator[Step | AnswerDelta]:
+        """The call that answers the question: the run's answer and stop reason are taken from
+        it (:meth:`finish`), its Step is yielded, and a failure fails the run. With
+        ``answer_deltas``, the reply is streamed and AnswerDeltas come first: an empty one as the
+        call starts, the pieces as they are settled, then the rest of the answer."""
+        step = self.new_step(role, backend, round=round)
+        stream = AnswerStream(self._stream_mode(style)) if self.answer_deltas else None
+        if stream is None:
+            await self.execute(step, backend, messages)
+        else:
+            yield AnswerDelta(step, "")
+            async for piece in self._execute_streamed(step, backend, messages, stream):
+                yield AnswerDelta(step, piece)
+        if not step.error:
+            self.finish(step, stop_reason)
+            if stream is not None:
+                rest = stream.close(self.answer)
+                if rest is None:
+                    self.note(
+                        f"{role}: an answer line after the streamed one changed the answer; "
+                        f"the stream showed {stream.emitted!r}"
+                    )
+                elif rest:
+                    yield AnswerDelta(step, rest)
+        yield step
+        self.raise_if_failed(step)
 
     async def call(
         self,

@@ -129,6 +129,18 @@ class Step:
     parallel: bool = False
 
 
+@dataclass(frozen=True)
+class AnswerDelta:
+    """A piece of the final answer while its model call runs (``Reasoner.stream(job,
+    answer_deltas=True)``). The first one of a call has ``text == ""`` and is sent as the call
+    starts; the pieces of a run add up to ``RunResult.answer`` (``agents.answer_stream`` says
+    when they cannot, and the run notes it). ``step`` is the call's Step, complete only when it
+    is yielded itself, after its deltas."""
+
+    step: Step
+    text: str
+
+
 @dataclass
 class RunResult:
     answer: str
@@ -146,3 +158,7 @@ class RunResult:
     #: False when a multiple-choice answer could not be matched to an option (``answer`` is then
     #: the model's raw answer, never a guessed option)
     answer_extracted: bool = True
+
+
+#: what ``Reasoner.stream`` yields: Steps (and answer pieces, when asked for), then one RunResult
+RunEvent = Step | AnswerDelta | RunResult

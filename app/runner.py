@@ -5,7 +5,8 @@
           ─ runner.answer(req, slot, prepared)       one RunResult        (slot freed)
             runner.stream(req, slot, prepared, render)   an EventStream   (slot freed on close)
 
-Both ``answer`` and ``stream`` consume ``events``: the Reasoner's Steps, then its RunResult, under
+Both ``answer`` and ``stream`` consume ``events``: the Reasoner's Steps (and, for a stream that
+asks with ``answer_deltas``, the AnswerDeltas of the answering call), then its RunResult, under
 the request's deadline (504 with the steps done so far), with a HEARTBEAT after each quiet
 ``heartbeat_s`` (streams turn it into an SSE comment). A client that leaves cancels the run, and so
 the model call in progress. Metrics are recorded here, from the Steps.
@@ -24,7 +25,7 @@ from typing import TypeVar
 from fastapi import Request
 
 from agents import Reasoner
-from agents.types import Job, ModelSet, RunResult, Step
+from agents.types import AnswerDelta, Job, ModelSet, RunEvent, RunResult, Step
 from app.disconnect import cancel_on_disconnect
 from app.errors import DeadlineExceeded, Overloaded
 from app.metrics import Metrics
@@ -45,7 +46,7 @@ class Heartbeat:
 
 
 HEARTBEAT = Heartbeat()
-Event = Step | RunResult | Heartbeat
+Event = Step | AnswerDelta | RunResult | Heartbeat
 
 
 @dataclass(frozen=True)
@@ -144,11 +145,14 @@ class Runner:
         slot: Slot,
         prepared: Prepared,
         render: Callable[[AsyncIterator[Event]], AsyncIterator[str]],
+        *,
+        answer_deltas: bool = False,
     ) -> EventStream:
-        """An SSE response of ``render(events)``; the slot is freed when the stream closes."""
+        """An SSE response of ``render(events)``; the slot is freed when the stream closes.
+        ``answer_deltas``: the answer is streamed too (AnswerDeltas, see Reasoner.stream)."""
 
         async def events() -> AsyncIterator[Event]:
-            async with aclosing(self.events(prepared)) as stream:
+            async with aclosing(self.events(prepared, answer_deltas=answer_deltas)) as stream:
                 async for event in stream:
                     if isinstance(event, RunResult):
                         request.state.stop_reason = event.stop_reason
@@ -158,7 +162,9 @@ class Runner:
 
     # ----------------------------------------------------------------- running
 
-    async def events(self, prepared: Prepared) -> AsyncIterator[Event]:
+    async def events(
+        self, prepared: Prepared, *, answer_deltas: bool = False
+    ) -> AsyncIterator[Event]:
         """Steps as the Reasoner records them, then the RunResult; the deadline applies to all.
 
         The Reasoner runs in one task of its own (so its stream never hops tasks); this
@@ -168,8 +174,8 @@ class Runner:
         """
         options = prepared.job.options
         deadline = time.monotonic() + prepared.timeout_s
-        queue: asyncio.Queue[Step | RunResult | BaseException | None] = asyncio.Queue()
-        task = asyncio.create_task(self._produce(prepared.job, queue))
+        queue: asyncio.Queue[RunEvent | BaseException | None] = asyncio.Queue()
+        task = asyncio.create_task(self._produce(prepared.job, queue, answer_deltas))
         steps: list[Step] = []
         try:
             while True:
@@ -192,7 +198,7 @@ class Runner:
                     raise event
                 if isinstance(event, RunResult):
                     self.metrics.observe_result(event)
-                else:
+                elif isinstance(event, Step):
                     steps.append(event)
                     self.metrics.observe_step(event)
                 yield event
@@ -202,9 +208,9 @@ class Runner:
         finally:
             await _stop(task)
 
-    async def _produce(self, job: Job, queue: asyncio.Queue) -> None:
+    async def _produce(self, job: Job, queue: asyncio.Queue, answer_deltas: bool) -> None:
         try:
-            async with aclosing(self.reasoner.stream(job)) as events:
+            async with aclosing(self.reasoner.stream(job, answer_deltas=answer_deltas)) as events:
                 async for event in events:
                     queue.put_nowait(event)
         except Exception as exc:  # handed to the consumer, raised there

@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agents.types import RunResult, Step
+from agents.types import AnswerDelta, RunResult, Step
 from app.chat.prepare import stop_sequences
 from app.chat.schemas import (
     AssistantMessage,
@@ -53,15 +53,56 @@ def step_line(step: Step) -> str:
     return f"{head}: {_clip(text)}\n"
 
 
+def answering_line(step: Step) -> str:
+    """The reasoning line of the answering call, sent as it starts (its answer is the content)."""
+    where = f"round {step.round}" if step.round else "step"
+    return f"[{where}] {step.role}: writing the answer\n"
+
+
+def stop_at(text: str, stop: tuple[str, ...]) -> int | None:
+    """Where ``text`` is cut: the first occurrence of any ``stop`` sequence (None: nowhere)."""
+    return min((i for s in stop if (i := text.find(s)) >= 0), default=None)
+
+
 def final_answer(result: RunResult, stop: tuple[str, ...] = ()) -> tuple[str, FinishReason]:
     """The answer cut at the first ``stop`` sequence, and its finish_reason: "length" when the
     final-answer call (the run's last step) was cut at max_tokens and no stop sequence matched."""
     text = result.answer
-    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=-1)
-    if cut >= 0:
+    cut = stop_at(text, stop)
+    if cut is not None:
         return text[:cut], "stop"
     last = result.steps[-1] if result.steps else None
     return text, "length" if last is not None and last.finish_reason == "length" else "stop"
+
+
+class ContentStream:
+    """The answer pieces as ``delta.content``, cut at the first ``stop`` sequence as
+    :func:`final_answer` cuts the whole answer (text that may start one is held back), so that
+    what is sent adds up to the non-streamed ``message.content``."""
+
+    def __init__(self, stop: tuple[str, ...]) -> None:
+        self.stop = stop
+        self.hold = max((len(s) for s in stop), default=1) - 1
+        self.text = ""  # the answer pieces so far
+        self.sent = ""
+        self.cut = False
+
+    def feed(self, piece: str) -> str:
+        if self.cut or not piece:
+            return ""
+        self.text += piece
+        end = stop_at(self.text, self.stop)
+        self.cut = end is not None
+        safe = self.text[: end if end is not None else max(0, len(self.text) - self.hold)]
+        if len(safe) <= len(self.sent):
+            return ""
+        new, self.sent = safe[len(self.sent) :], safe
+        return new
+
+    def close(self, answer: str) -> str:
+        """The rest of the (cut) ``answer``; "" if what was sent is not its start (the run
+        noted that a later answer line changed it: agents.answer_stream)."""
+        return answer[len(self.sent) :] if answer.startswith(self.sent) else ""
 
 
 def wire(body: ChatCompletion | ChatCompletionChunk) -> dict[str, Any]:
@@ -147,8 +188,11 @@ class ChunkWriter:
     def role(self) -> str:
         return self.chunk(ChunkDelta(role="assistant", content=""))
 
+    def reasoning(self, line: str, field: str) -> str:
+        return self.chunk(ChunkDelta(**{field: line}))
+
     def step(self, step: Step, field: str) -> str:
-        return self.chunk(ChunkDelta(**{field: step_line(step)}))
+        return self.reasoning(step_line(step), field)
 
     def content(self, text: str) -> str:
         return self.chunk(ChunkDelta(content=text))
@@ -175,12 +219,16 @@ async def chat_events(
     writer: ChunkWriter,
     request_id: str,
 ) -> AsyncIterator[str]:
-    """The role, one ``delta.reasoning`` line per step, the answer, the finish chunk, the usage
-    chunk (``stream_options.include_usage``), ``[DONE]``; an error after the start arrives as
-    ``data: {"error": ...}``."""
+    """The role, one ``delta.reasoning`` line per step (the answering call's as it starts), the
+    answer as ``delta.content`` pieces while it is generated (the rest when the run ends), the
+    finish chunk, the usage chunk (``stream_options.include_usage``), ``[DONE]``; an error after
+    the start arrives as ``data: {"error": ...}``."""
     step_field = req.proreason.step_field if req.proreason else "reasoning"
     trace = bool(req.proreason and req.proreason.trace)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    stop = stop_sequences(req)
+    content = ContentStream(stop)
+    answering: set[int] = set()  # steps whose line was sent as they started
     yield writer.role()
     try:
         result: RunResult | None = None
@@ -189,12 +237,20 @@ async def chat_events(
                 yield KEEP_ALIVE
             elif isinstance(event, RunResult):
                 result = event
-            elif step_field != "none":
+            elif isinstance(event, AnswerDelta):
+                if event.step.index not in answering:
+                    answering.add(event.step.index)
+                    if step_field != "none":
+                        yield writer.reasoning(answering_line(event.step), step_field)
+                if piece := content.feed(event.text):
+                    yield writer.content(piece)
+            elif step_field != "none" and event.index not in answering:
                 yield writer.step(event, step_field)
         if result is None:
             raise RuntimeError("the reasoner ended without a result")
-        answer, finish_reason = final_answer(result, stop_sequences(req))
-        yield writer.content(answer)
+        answer, finish_reason = final_answer(result, stop)
+        if rest := content.close(answer):
+            yield writer.content(rest)
         yield writer.finish(result, finish_reason, trace)
         if include_usage:
             yield writer.usage(result.usage)

@@ -19,7 +19,8 @@ router = APIRouter(tags=["openai"], dependencies=[Authorized])
 _STREAM_DOC = {
     "description": "A chat completion, or with `stream: true` `chat.completion.chunk` events: "
     "the role, one `delta.reasoning` line per agent step (field set by `proreason.step_field`), "
-    "the answer as `delta.content`, a chunk with `finish_reason`, a usage chunk "
+    "the answer as `delta.content` pieces while the final model call generates it, a chunk "
+    "with `finish_reason`, a usage chunk "
     "(`stream_options.include_usage`), then `data: [DONE]`. Errors after the start arrive as "
     '`data: {"error": {...}}`.',
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
@@ -43,6 +44,6 @@ async def chat_completions(
     if body.stream:
         writer = ChunkWriter(completion_id, pipeline.name)
         render = partial(chat_events, req=body, writer=writer, request_id=request_id)
-        return runner.stream(request, slot, prepared, render)
+        return runner.stream(request, slot, prepared, render, answer_deltas=True)
     result = await runner.answer(request, slot, prepared)
     return JSONResponse(wire(chat_completion(completion_id, pipeline.name, result, body)))

@@ -7,7 +7,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
-from agents.types import RunResult, Step
+from agents.types import AnswerDelta, RunResult, Step
 from app.errors import describe, log_failure, sse_error
 from app.reason.schemas import ReasonResponse, Timings
 from app.runner import Event, Heartbeat, Prepared
@@ -80,6 +80,8 @@ async def reason_events(
         async for event in events:
             if isinstance(event, Heartbeat):
                 yield KEEP_ALIVE
+            elif isinstance(event, AnswerDelta):
+                continue  # /v1/reason streams whole steps (its route asks for no deltas)
             elif isinstance(event, RunResult):
                 total = time.perf_counter() - started
                 body = reason_response(request_id, event, prepared, total, trace=trace)

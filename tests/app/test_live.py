@@ -146,3 +146,82 @@ def test_stream_disconnect_over_a_socket_cancels_the_model_call(
     assert wait_until(lambda: any(c.role == "vision" for c in vision.calls))
     stream.close()
     assert wait_until(lambda: bool(vision.cancelled), timeout=5)
+
+
+# --------------------------------------------------------------------------- the answer, streamed
+
+
+@pytest.mark.parametrize(
+    ("model", "reply", "answer"),
+    [
+        ("proreason", None, ANSWER),  # the summarizer answers
+        ("proreason-direct", "A red square and a blue circle.", "A red square and a blue circle"),
+        ("proreason-cot", "Step 1: two shapes.\nAnswer: a red square and a blue circle.",
+         "a red square and a blue circle"),
+    ],
+)  # fmt: skip
+def test_the_answer_streams_token_by_token_through_the_openai_client(
+    live: LiveServer,
+    data_url: str,
+    vision: FakeModel,
+    text: FakeModel,
+    model: str,
+    reply: str | None,
+    answer: str,
+) -> None:
+    if reply is not None:
+        vision.script["answer"] = reply
+    for backend in (vision, text):
+        backend.token_delay_s = 0.03
+    oai = OpenAI(base_url=f"{live.url}/v1", api_key="live-key", max_retries=0)
+    messages = [image_turn("Where?", data_url)]
+    expected = oai.chat.completions.create(model=model, messages=messages)
+    assert expected.choices[0].message.content == answer
+    answering = text if model == "proreason" else vision
+    answering.calls.clear()
+    with oai.chat.completions.create(
+        model=model, messages=messages, stream=True, stream_options={"include_usage": True}
+    ) as stream:
+        arrived = [
+            (c, not any(call.done and call.streamed for call in answering.calls)) for c in stream
+        ]
+    chunks = [c for c, _ in arrived]
+    kinds = []
+    for chunk, generating in arrived[1:]:
+        if not chunk.choices:
+            kinds.append("usage")
+            continue
+        delta, finish = chunk.choices[0].delta, chunk.choices[0].finish_reason
+        if delta.model_extra.get("reasoning"):
+            kinds.append("reasoning")
+        elif delta.content:
+            kinds.append("content" if generating else "content after the call")
+        elif finish:
+            kinds.append("finish")
+    reasoning = kinds.count("reasoning")
+    pieces = kinds.count("content")
+    assert reasoning >= 1 and kinds[:reasoning] == ["reasoning"] * reasoning
+    # several pieces while the model was still generating, in order, then finish and usage
+    assert pieces >= 3 and kinds[reasoning : reasoning + pieces] == ["content"] * pieces
+    assert kinds[-2:] == ["finish", "usage"]
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == answer
+    assert chunks[-2].choices[0].finish_reason == expected.choices[0].finish_reason == "stop"
+    assert chunks[-1].usage.total_tokens == expected.usage.total_tokens
+
+
+def test_a_disconnect_while_the_answer_streams_cancels_its_model_call(
+    live: LiveServer, text: FakeModel, data_url: str
+) -> None:
+    text.token_delay_s = 0.5  # ~10 pieces: the summarizer is still writing when the client goes
+    oai = OpenAI(base_url=f"{live.url}/v1", api_key="live-key", max_retries=0)
+    stream = oai.chat.completions.create(
+        model="proreason", messages=[image_turn("Where?", data_url)], stream=True
+    )
+    first = next(c for c in stream if c.choices and c.choices[0].delta.content)
+    assert first.choices[0].delta.content == "the red"
+    stream.close()
+    assert wait_until(lambda: bool(text.cancelled), timeout=5)
+    (summarizer,) = text.of("summarizer")
+    assert summarizer.cancelled and summarizer.streamed and not summarizer.done
+    assert summarizer.pieces < 10

@@ -73,7 +73,9 @@ def test_reason_over_openai_compatible_upstreams(
     assert body["usage_by_role"]["vision"]["image_tokens"] == 64
 
 
-def test_chat_stream_over_upstreams(client: TestClient, data_url: str) -> None:
+def test_chat_stream_over_upstreams(
+    client: TestClient, upstreams: tuple[FakeOpenAIServer, FakeOpenAIServer], data_url: str
+) -> None:
     oai = OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0)
     chunks = list(
         oai.chat.completions.create(
@@ -91,9 +93,16 @@ def test_chat_stream_over_upstreams(client: TestClient, data_url: str) -> None:
             stream_options={"include_usage": True},
         )
     )
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == "the red square is left of the blue circle"
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    assert "".join(pieces) == "the red square is left of the blue circle" and len(pieces) > 3
     assert chunks[-1].usage.prompt_tokens_details.image_tokens == 64
+    # the summarizer's reply came as an upstream stream; the other calls did not
+    vlm, llm = upstreams
+    streamed = [r.body.get("stream", False) for r in vlm.chat_requests + llm.chat_requests]
+    assert streamed.count(True) == 1
+    assert llm.chat_requests[-1].body["stream"] is True
 
 
 @pytest.mark.parametrize(

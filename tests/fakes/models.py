@@ -15,18 +15,21 @@ gate, report unhealthy, claim JSON-schema support or not, and refuse images.
     gate           when set, every call waits for it (tests hold calls in flight)
     finish[role]   the finish_reason of that role's calls ("length": cut at max_tokens)
     image_tokens   tokens reported per image; None: the backend cannot tell (usage has none)
+    token_delay_s  ``stream`` only: seconds between its pieces (a word and the space before it
+                   each; the last delta carries finish_reason and usage, as every backend's)
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from models.base import ModelBackend
 from models.errors import ModelError
-from models.types import FinishReason, GenerationRequest, GenerationResult, Usage
+from models.types import FinishReason, GenerationRequest, GenerationResult, StreamDelta, Usage
 from tests.fakes.roles import DEFAULT_SCRIPT, role_of
 
 Script = str | Sequence[str] | Callable[[GenerationRequest, int], str]
@@ -40,6 +43,9 @@ class Call:
     finished: float = 0.0
     cancelled: bool = False
     done: bool = False
+    #: the call was a ``stream``; ``pieces``: the text deltas it yielded
+    streamed: bool = False
+    pieces: int = 0
 
     @property
     def text(self) -> str:
@@ -74,6 +80,7 @@ class FakeModel(ModelBackend):
     #: image tokens reported per image (counted into prompt_tokens); None: not counted
     image_tokens: int | None = 7
     finish: dict[str, FinishReason] = field(default_factory=dict)
+    token_delay_s: float = 0.0
     calls: list[Call] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -94,9 +101,33 @@ class FakeModel(ModelBackend):
         return self.delay_s.get(role, 0.0) if isinstance(self.delay_s, dict) else self.delay_s
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
+        call, result = await self._call(request)
+        call.done = True
+        return result
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        """The scripted text in pieces (``token_delay_s`` apart), then finish_reason and usage."""
+        call, result = await self._call(request, streamed=True)
+        try:
+            for piece in re.findall(r"\s*\S+|\s+", result.text):
+                if self.token_delay_s:
+                    await asyncio.sleep(self.token_delay_s)
+                call.pieces += 1
+                yield StreamDelta(text=piece)
+        except (asyncio.CancelledError, GeneratorExit):
+            call.cancelled = True
+            raise
+        finally:
+            call.finished = time.perf_counter()
+        call.done = True
+        yield StreamDelta(finish_reason=result.finish_reason, usage=result.usage)
+
+    async def _call(
+        self, request: GenerationRequest, *, streamed: bool = False
+    ) -> tuple[Call, GenerationResult]:
         role = role_of(request)
         n = self.counts[role] = self.counts.get(role, 0) + 1
-        call = Call(role, request, started=time.perf_counter())
+        call = Call(role, request, started=time.perf_counter(), streamed=streamed)
         self.calls.append(call)
         if self.started is not None:
             self.started.set()
@@ -115,7 +146,6 @@ class FakeModel(ModelBackend):
             raise
         finally:
             call.finished = time.perf_counter()
-        call.done = True
         images = None if self.image_tokens is None else self.image_tokens * len(request.images)
         usage = Usage(
             prompt_tokens=sum(self.count_tokens(m.text_content) for m in request.messages)
@@ -124,7 +154,7 @@ class FakeModel(ModelBackend):
             image_tokens=images,
         )
         finish = "length" if n in self.cut.get(role, set()) else self.finish.get(role, "stop")
-        return GenerationResult(text=text, finish_reason=finish, usage=usage, model=self.name)
+        return call, GenerationResult(text=text, finish_reason=finish, usage=usage, model=self.name)
 
     async def health(self) -> bool:
         return self.healthy

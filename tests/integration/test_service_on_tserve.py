@@ -178,9 +178,14 @@ def test_a_question_the_upstream_cannot_take_fails_fast_and_readably(
     service: Service, data_url: str
 ) -> None:
     """A literal ``<image>`` in the question makes the LVLM upstream answer 500 every time: the
-    calls that carry it are rejected after one retry; the service never says "unavailable"."""
+    calls that carry it are rejected after one retry; the service never says "unavailable".
+
+    ``direct`` puts the question itself into the LVLM call (the demo models' loop asks the LVLM
+    only its own sub-question, so it would never carry the text there)."""
     started = time.monotonic()
-    r = service.reason(question="Is <image> a red square?", images=[data_url], trace=True)
+    r = service.reason(
+        question="Is <image> a red square?", images=[data_url], trace=True, method="direct"
+    )
     elapsed = time.monotonic() - started
     assert r.status_code != 503, r.text
     assert "model_unavailable" not in r.text

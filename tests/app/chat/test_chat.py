@@ -157,8 +157,17 @@ def test_stream_chunks_reasoning_usage_and_done(oai: OpenAI, data_url: str) -> N
         if c.choices and c.choices[0].delta.model_extra.get("reasoning")
     ]
     assert len(reasoning) == 4 and reasoning[0].startswith("[round 1] dispatcher -> vision")
-    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert content == ANSWER
+    assert reasoning[-1] == "[round 1] summarizer: writing the answer\n"
+    content = [c.choices[0].delta.content for c in chunks[1:] if c.choices]
+    pieces = [x for x in content if x]
+    assert "".join(pieces) == ANSWER and len(pieces) > 3  # streamed as the summarizer writes
+    # every answer piece after every reasoning line
+    kinds = [
+        "r" if c.choices[0].delta.model_extra.get("reasoning") else "c"
+        for c in chunks[1:]
+        if c.choices and (c.choices[0].delta.content or c.choices[0].delta.model_extra)
+    ]
+    assert kinds == ["r"] * 4 + ["c"] * len(pieces)
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finishes[-1] == "stop" and finishes.count("stop") == 1
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
@@ -195,7 +204,10 @@ def test_stream_without_steps(client: TestClient, data_url: str) -> None:
     )
     chunks = [json.loads(d) for _, d in parse_sse(r.text)[:-1]]
     deltas = [c["choices"][0]["delta"] for c in chunks]
-    assert [d for d in deltas if d] == [{"role": "assistant", "content": ""}, {"content": ANSWER}]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    pieces = [d for d in deltas[1:] if d]
+    assert all(set(d) == {"content"} for d in pieces) and len(pieces) > 3
+    assert "".join(d["content"] for d in pieces) == ANSWER
     assert len(chunks[-1]["proreason"]["steps"]) == 4  # the trace rides on the last chunk
 
 

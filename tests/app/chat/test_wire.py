@@ -116,6 +116,75 @@ def test_stop_cuts_the_answer(oai: OpenAI, data_url: str, stop: object, expected
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
 
 
+def _streamed(chunks: list[dict]) -> tuple[list[str], str | None]:
+    """The content pieces of a stream and its finish_reason."""
+    choices = [c["choices"][0] for c in chunks if c["choices"]]
+    pieces = [ch["delta"]["content"] for ch in choices if ch["delta"].get("content")]
+    return pieces, next((ch["finish_reason"] for ch in choices if ch["finish_reason"]), None)
+
+
+@pytest.mark.parametrize(
+    ("stop", "expected"),
+    [
+        ("e i", "the red squar"),  # across two of the model's pieces ("square", " is")
+        (["circle", " blue"], "the red square is left of the"),
+        ("the", ""),  # at the very start: no content at all
+        ("purple", ANSWER),  # never: held back as it may start, sent at the end
+    ],
+)
+def test_a_streamed_answer_is_cut_at_stop_as_the_whole_one(
+    client: TestClient, data_url: str, stop: object, expected: str
+) -> None:
+    messages = [user_turn("Where?", data_url)]
+    whole = chat(client, messages=messages, stop=stop)["choices"][0]
+    pieces, finish = _streamed(stream_chunks(client, messages=messages, stop=stop))
+    assert "".join(pieces) == whole["message"]["content"] == expected
+    assert finish == whole["finish_reason"] == "stop"
+    if len(expected) > 12:
+        assert len(pieces) >= 3  # still streamed before the cut
+
+
+def test_a_streamed_answer_cut_at_max_tokens_says_length(
+    client: TestClient, data_url: str, text: FakeModel
+) -> None:
+    text.finish["summarizer"] = "length"
+    messages = [user_turn("Where?", data_url)]
+    whole = chat(client, messages=messages)["choices"][0]
+    pieces, finish = _streamed(stream_chunks(client, messages=messages))
+    assert "".join(pieces) == whole["message"]["content"] == ANSWER and len(pieces) > 3
+    assert finish == whole["finish_reason"] == "length"
+
+
+def test_a_streamed_multiple_choice_answer_is_the_option_letter(
+    client: TestClient, data_url: str, text: FakeModel
+) -> None:
+    text.script["summarizer"] = "The notes name a blue circle.\nAnswer: (B)"
+    body = {
+        "messages": [user_turn("Which shape is blue?", data_url)],
+        "proreason": {
+            "answer_format": "multiple_choice",
+            "options": ["a red square", "a blue circle"],
+        },
+    }
+    whole = chat(client, **body)["choices"][0]
+    pieces, finish = _streamed(stream_chunks(client, **body))
+    assert pieces == ["B"] and whole["message"]["content"] == "B"
+    assert finish == whole["finish_reason"] == "stop"
+
+
+def test_an_answer_line_after_the_streamed_line_keeps_the_whole_replys_answer(
+    client: TestClient, data_url: str, text: FakeModel
+) -> None:
+    text.script["summarizer"] = "Red.\nNo, the notes say otherwise.\nAnswer: blue"
+    body = {"messages": [user_turn("Which colour?", data_url)], "proreason": {"trace": True}}
+    whole = chat(client, **body)
+    chunks = stream_chunks(client, **body)
+    pieces, _ = _streamed(chunks)
+    assert whole["choices"][0]["message"]["content"] == "blue"
+    assert pieces == ["Red"]  # the documented exception: the stream showed the first line
+    assert chunks[-1]["proreason"]["steps"][-1]["output"].endswith("Answer: blue")
+
+
 def test_stop_wins_over_length(client: TestClient, data_url: str, text: FakeModel) -> None:
     text.finish["summarizer"] = "length"
     body = chat(client, messages=[user_turn("Where?", data_url)], stop="blue")
