@@ -1,4 +1,9 @@
-"""Wire schemas of ``/v1/reason`` (JSON) and ``/v1/reason/upload`` (multipart)."""
+"""Wire schemas of ``/v1/reason`` (JSON) and ``/v1/reason/upload`` (multipart).
+
+JSON types are strict, as on chat (``"max_rounds": true`` or ``"temperature": "1"`` is a 400;
+an integer is accepted for a float). Multipart form fields are text by nature, so
+``ReasonForm`` parses them (``max_rounds=2``, ``trace=true``).
+"""
 
 from __future__ import annotations
 
@@ -57,6 +62,7 @@ class ReasonForm(ReasonParams):
 class ReasonRequest(ReasonParams):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
