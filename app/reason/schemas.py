@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.types import MAX_OPTIONS, MAX_ROUNDS, AnswerFormat, Method, Mode
-from app.schemas import StepOut, UsageOut
+from app.schemas import MIN_TIMEOUT_S, StepOut, UsageOut
 
 QUESTION_MAX_CHARS = 32_000
 
@@ -43,7 +43,7 @@ class ReasonParams(BaseModel):
         "text protocol); default: the server's agent.prompts",
     )
     timeout_s: float | None = Field(
-        None, gt=0, description="lower the server's request deadline for this request"
+        None, ge=MIN_TIMEOUT_S, description="lower the server's request deadline for this request"
     )
     ocr: bool | None = Field(
         None,

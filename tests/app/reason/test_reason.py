@@ -195,3 +195,24 @@ def test_upload_form_fields_are_still_parsed_from_text(
     )
     assert r.status_code == 200, r.text
     assert len(r.json()["trace"]) == 4
+
+
+@pytest.mark.parametrize("timeout_s", [1e-70, 5e-324, 0.05])
+def test_a_deadline_too_short_for_any_model_call_is_a_400_not_a_504(
+    client: TestClient, timeout_s: float
+) -> None:
+    """Found by schemathesis: ``timeout_s: 1e-70`` was accepted and ran into a certain 504."""
+    reason = client.post("/v1/reason", json={"question": "2 + 2?", "timeout_s": timeout_s})
+    chat = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "proreason",
+            "messages": [{"role": "user", "content": "2 + 2?"}],
+            "proreason": {"timeout_s": timeout_s},
+        },
+    )
+    assert (reason.status_code, chat.status_code) == (400, 400), (reason.text, chat.text)
+    assert reason.json()["error"]["param"] == "timeout_s"
+    assert chat.json()["error"]["param"] == "proreason.timeout_s"
+    ok = client.post("/v1/reason", json={"question": "2 + 2?", "timeout_s": 0.1})
+    assert ok.status_code == 200, ok.text
