@@ -31,6 +31,18 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 REASONING_ERRORS = error_responses(400, 401, 404, 413, 429, 502, 503, 504)
 
 
+def event_stream(description: str, *, event: str, data: str) -> dict[str, Any]:
+    """A 200 that is JSON or, with ``stream: true``, server-sent events. Before OpenAPI 3.2
+    (which adds ``itemSchema``), the ``schema`` of ``text/event-stream`` describes ONE event, an
+    object with the SSE fields (how schemathesis and OpenAPI 3.2's notes read it): ``event``
+    (absent: a plain ``data:`` event) and ``data``, the event's text."""
+    properties: dict[str, Any] = {"data": {"type": "string", "description": data}}
+    if event:
+        properties["event"] = {"type": "string", "description": event}
+    schema = {"type": "object", "required": ["data"], "properties": properties}
+    return {"description": description, "content": {"text/event-stream": {"schema": schema}}}
+
+
 def install_openapi(app: FastAPI, *, secured: bool) -> None:
     """``/openapi.json`` as the service really answers: no FastAPI default 422 (every validation
     error is a 400, documented on each route), and the Bearer scheme (with its 401s) only when

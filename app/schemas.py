@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict
 from agents.types import Step
 from models.types import Usage
 
+#: the shortest per-request deadline (``timeout_s``) accepted: below it no model call can finish,
+#: so a smaller value is a 400, not a certain 504
+MIN_TIMEOUT_S = 0.1
+
 
 class UsageOut(BaseModel):
     prompt_tokens: int = 0

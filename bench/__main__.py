@@ -5,10 +5,12 @@
     python -m bench throughput --levels 1,16,64 --window 10
     python -m bench sim --port 8000 --scenario solve2   # just the simulated engine
     python -m bench scaling              # questions/min on H100s from docs/bench_throughput.json
+    python -m bench prefix_layout        # uncached prefill per question: prompt layout before/after
 
-Names: overhead, throughput, baseline, parallel, memory, all, sim, scaling. Every benchmark starts
-its own simulated engine and service processes on free loopback ports and stops them at the end;
-``scaling`` only reads a throughput result (the call profile) and estimates real-GPU capacity.
+Names: overhead, throughput, baseline, parallel, memory, all, sim, scaling, prefix_layout. Every
+benchmark starts its own simulated engine and service processes on free loopback ports and stops
+them at the end; ``scaling`` only reads a throughput result (the call profile) and estimates
+real-GPU capacity; ``prefix_layout`` runs two services (two prompt folders) on one engine.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
         prog=prog,
         description="ProReason service benchmarks against a simulated continuous-batching engine.",
     )
-    parser.add_argument("name", choices=[*BENCHES, "all", "sim", "scaling"], help="which benchmark")
+    parser.add_argument(
+        "name", choices=[*BENCHES, "all", "sim", "scaling", "prefix_layout"], help="which benchmark"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (seconds per bench)")
     parser.add_argument(
         "--out",
@@ -85,6 +89,13 @@ def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
         default=ROOT / "docs" / "bench_throughput.json",
         help="scaling: the throughput results to take the call profile from",
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="prefix_layout: the 'before' prompts folder (default: configs/prompts before the "
+        "layout commit, from git)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -104,6 +115,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bench") -> in
         from bench.scaling import main as scaling_main
 
         return scaling_main(args.source, args.out or ROOT / "docs")
+    if args.name == "prefix_layout":
+        from bench.prefix_layout import run as prefix_layout
+
+        default = Path(tempfile.mkdtemp(prefix="proreason-bench-")) if args.quick else ROOT / "docs"
+        try:
+            prefix_layout(args.out or default, before_dir=args.before, quick=args.quick)
+        except ProcessError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     out = args.out
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="proreason-bench-")) if args.quick else ROOT / "docs"

@@ -11,20 +11,21 @@ from app.chat.prepare import prepare_chat
 from app.chat.render import ChunkWriter, chat_completion, chat_events, wire
 from app.chat.schemas import ChatCompletion, ChatCompletionRequest
 from app.deps import Authorized, MediaDep, RunnerDep
-from app.openapi import REASONING_ERRORS
+from app.openapi import REASONING_ERRORS, event_stream
 from app.sse import EventStream
 
 router = APIRouter(tags=["openai"], dependencies=[Authorized])
 
-_STREAM_DOC = {
-    "description": "A chat completion, or with `stream: true` `chat.completion.chunk` events: "
+_STREAM_DOC = event_stream(
+    "A chat completion, or with `stream: true` `chat.completion.chunk` events: "
     "the role, one `delta.reasoning` line per agent step (field set by `proreason.step_field`), "
     "the answer as `delta.content` pieces while the final model call generates it, a chunk "
     "with `finish_reason`, a usage chunk "
     "(`stream_options.include_usage`), then `data: [DONE]`. Errors after the start arrive as "
     '`data: {"error": {...}}`.',
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-}
+    event="",
+    data="a `chat.completion.chunk` as JSON, an error envelope as JSON, or `[DONE]`",
+)
 
 
 @router.post(

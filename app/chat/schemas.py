@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from agents.types import MAX_OPTIONS, MAX_ROUNDS, AnswerFormat
-from app.schemas import StepOut
+from app.schemas import MIN_TIMEOUT_S, StepOut
 
 # --------------------------------------------------------------------------- request
 
@@ -71,7 +71,7 @@ class ProReasonExtension(BaseModel):
     max_rounds: StrictInt | None = Field(None, ge=1, le=MAX_ROUNDS)
     answer_format: AnswerFormat = "open"
     options: list[str] | None = Field(None, max_length=MAX_OPTIONS)
-    timeout_s: StrictFloat | None = Field(None, gt=0)
+    timeout_s: StrictFloat | None = Field(None, ge=MIN_TIMEOUT_S)
     #: the prompt set: "default" (JSON decisions) or "reference" (the authors' text protocol)
     prompts: str | None = Field(None, max_length=32)
     #: offer the dispatcher the OCR expert (reads the text in the image); None: agent.ocr

@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from app.deps import Authorized, MediaDep, RunnerDep
 from app.media import MediaLoader, Upload
-from app.openapi import REASONING_ERRORS
+from app.openapi import REASONING_ERRORS, event_stream
 from app.reason.prepare import prepare_reason
 from app.reason.render import reason_events, reason_response
 from app.reason.schemas import ReasonForm, ReasonParams, ReasonRequest, ReasonResponse
@@ -20,13 +20,15 @@ from app.sse import EventStream
 
 router = APIRouter(tags=["reasoning"], dependencies=[Authorized])
 
-_STREAM_DOC = {
-    "description": "The answer (JSON), or with `stream: true` server-sent events: one event per "
+_STREAM_DOC = event_stream(
+    "The answer (JSON), or with `stream: true` server-sent events: one event per "
     "model call (`dispatch`, `vision`, `insight`, `verdict`, `answer`, `fallback` ..., data: the "
     "step), then `result` (the whole response), then `done`; an error after the start arrives "
     "as `event: error` with the error envelope.",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-}
+    event="the step's role event (`dispatch`, `vision`, `verdict` ...), `result`, `error` or "
+    "`done`",
+    data="JSON: the step, the whole response (`result`) or the error envelope; `[DONE]` for `done`",
+)
 _ROUTE = {
     "response_model": ReasonResponse,
     "response_model_exclude_none": True,

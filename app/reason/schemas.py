@@ -1,4 +1,9 @@
-"""Wire schemas of ``/v1/reason`` (JSON) and ``/v1/reason/upload`` (multipart)."""
+"""Wire schemas of ``/v1/reason`` (JSON) and ``/v1/reason/upload`` (multipart).
+
+JSON types are strict, as on chat (``"max_rounds": true`` or ``"temperature": "1"`` is a 400;
+an integer is accepted for a float). Multipart form fields are text by nature, so
+``ReasonForm`` parses them (``max_rounds=2``, ``trace=true``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.types import MAX_OPTIONS, MAX_ROUNDS, AnswerFormat, Method, Mode
-from app.schemas import StepOut, UsageOut
+from app.schemas import MIN_TIMEOUT_S, StepOut, UsageOut
 
 QUESTION_MAX_CHARS = 32_000
 
@@ -38,7 +43,7 @@ class ReasonParams(BaseModel):
         "text protocol); default: the server's agent.prompts",
     )
     timeout_s: float | None = Field(
-        None, gt=0, description="lower the server's request deadline for this request"
+        None, ge=MIN_TIMEOUT_S, description="lower the server's request deadline for this request"
     )
     ocr: bool | None = Field(
         None,
@@ -68,6 +73,7 @@ class ReasonForm(ReasonParams):
 class ReasonRequest(ReasonParams):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {

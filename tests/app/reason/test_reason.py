@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.app.conftest import parse_sse
@@ -145,3 +146,73 @@ def test_no_image_question_is_answered_directly(client: TestClient, text: FakeMo
     r = client.post("/v1/reason", json={"question": "What is 2 + 2?"})
     assert r.status_code == 200
     assert r.json()["stop_reason"] == "no_image_direct"
+
+
+# --------------------------------------------------------------------------- strict wire types
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_rounds", True),
+        ("max_rounds", "3"),
+        ("max_rounds", 3.0),
+        ("max_tokens", "64"),
+        ("temperature", "1"),
+        ("temperature", True),
+        ("timeout_s", "30"),
+        ("trace", 1),
+        ("trace", "true"),
+        ("stream", 0),
+        ("parallel_perception", "yes"),
+        ("ocr", 1),
+        ("question", 12),
+        ("options", [1, 2]),
+    ],
+)
+def test_json_types_are_strict(client: TestClient, field: str, value: object) -> None:
+    """``"max_rounds": true`` or ``"temperature": "1"`` is a 400 naming the field, not coerced."""
+    body = {"question": "Where?", "answer_format": "multiple_choice", "options": ["a", "b"]}
+    r = client.post("/v1/reason", json={**body, field: value})
+    assert r.status_code == 400, (field, value, r.text)
+    assert r.json()["error"]["param"].startswith(field)
+
+
+def test_json_accepts_ints_for_floats(client: TestClient, text: FakeModel) -> None:
+    r = client.post("/v1/reason", json={"question": "2 + 2?", "temperature": 1, "timeout_s": 30})
+    assert r.status_code == 200, r.text
+    assert text.calls[0].request.sampling.temperature == 1.0
+
+
+def test_upload_form_fields_are_still_parsed_from_text(
+    client: TestClient, png_bytes: bytes
+) -> None:
+    """Multipart fields are text by nature: ``max_rounds=2``, ``trace=true`` stay accepted."""
+    r = client.post(
+        "/v1/reason/upload",
+        data={"question": "Where?", "max_rounds": "2", "trace": "true", "temperature": "0.5"},
+        files=[("files", ("shapes.png", png_bytes, "image/png"))],
+    )
+    assert r.status_code == 200, r.text
+    assert len(r.json()["trace"]) == 4
+
+
+@pytest.mark.parametrize("timeout_s", [1e-70, 5e-324, 0.05])
+def test_a_deadline_too_short_for_any_model_call_is_a_400_not_a_504(
+    client: TestClient, timeout_s: float
+) -> None:
+    """Found by schemathesis: ``timeout_s: 1e-70`` was accepted and ran into a certain 504."""
+    reason = client.post("/v1/reason", json={"question": "2 + 2?", "timeout_s": timeout_s})
+    chat = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "proreason",
+            "messages": [{"role": "user", "content": "2 + 2?"}],
+            "proreason": {"timeout_s": timeout_s},
+        },
+    )
+    assert (reason.status_code, chat.status_code) == (400, 400), (reason.text, chat.text)
+    assert reason.json()["error"]["param"] == "timeout_s"
+    assert chat.json()["error"]["param"] == "proreason.timeout_s"
+    ok = client.post("/v1/reason", json={"question": "2 + 2?", "timeout_s": 0.1})
+    assert ok.status_code == 200, ok.text
