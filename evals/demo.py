@@ -83,6 +83,8 @@ class DemoSpec:
     text_items: int = 6000
     #: of those runs' dispatcher calls, how many train the text LM
     dispatcher_records: int = 1500
+    #: train questions whose pure-mode trajectory (the LVLM plays every role) trains the LVLM
+    pure_items: int = 3000
     #: train questions answered with the direct and cot baselines (LVLM data)
     direct_items: int = 12000
     cot_items: int = 3000
@@ -96,7 +98,7 @@ class DemoSpec:
     vision_heads: int = 4
     vision_text_hidden: int = 128
     vision_text_layers: int = 2
-    vision_steps: int = 1500
+    vision_steps: int = 2000
     vision_batch: int = 32
     vision_lr: float = 5e-4
     aux_weight: float = 1.0
@@ -152,6 +154,16 @@ def _answerable(items: list[EvalItem], facts: dict[int, ImageFacts]) -> list[Eva
         ):
             out.append(item)
     return out
+
+
+def _text_role_records(
+    records: list[dict[str, Any]], dispatchers: int, rng: random.Random
+) -> list[dict[str, Any]]:
+    """The text roles' records, with only ``dispatchers`` of the dispatcher's: its first decision
+    is the same for every question, a share of them suffices."""
+    text = [r for r in records if r["role"] in TEXT_ROLES and r["role"] != "dispatcher"]
+    dispatch = [r for r in records if r["role"] == "dispatcher"]
+    return text + rng.sample(dispatch, min(dispatchers, len(dispatch)))
 
 
 def _as_typed(item: EvalItem, rng: random.Random) -> EvalItem:
@@ -264,12 +276,19 @@ def make_demo_records(
         drill = await _drill_records(
             facts, easy_vqa.get_train_image_paths(), prompts, config, spec.presence_per_image, rng
         )
+        pure_items = [
+            _as_typed(item, rng) for item in rng.sample(items, min(spec.pure_items, len(items)))
+        ]
+        pure, _ = await record_runs(
+            pure_items, models_for, reasoner_for, RunOptions(mode="pure", max_rounds=4),
+            load_image, image_id=_image_id, concurrency=32,
+        )  # fmt: skip
         good = [r for r in loop if r["solved"] and r["correct"]]
-        text = [r for r in good if r["role"] in TEXT_ROLES and r["role"] != "dispatcher"]
-        # the first dispatcher decision is the same for every question: a share of them suffices
-        dispatch = [r for r in good if r["role"] == "dispatcher"]
-        text += rng.sample(dispatch, min(spec.dispatcher_records, len(dispatch)))
+        text = _text_role_records(good, spec.dispatcher_records, rng)
         vision = [r for r in good if r["role"] == "vision"] + drill + baseline
+        # pure mode: the LVLM plays the text roles too (their calls carry no image)
+        pure_good = [r for r in pure if r["solved"] and r["correct"]]
+        vision += _text_role_records(pure_good, spec.dispatcher_records // 4, rng)
         return text, vision
 
     text, vision = asyncio.run(run_all())
@@ -518,7 +537,11 @@ def train_vision_model(folder: str, records_path: str, run_dir: str, spec_dict: 
     expansion = None
     labels: dict[str, tuple[int, int]] = {}
     for record in records:
-        part = next(p for m in record["messages"] for p in m["content"] if p["type"] == "image")
+        part = next(
+            (p for m in record["messages"] for p in m["content"] if p["type"] == "image"), None
+        )
+        if part is None:
+            continue  # a text role's call (pure mode)
         key = str(part.get("path"))
         if key in pixels:
             continue
@@ -542,6 +565,8 @@ def train_vision_model(folder: str, records_path: str, run_dir: str, spec_dict: 
     projector.register_forward_hook(lambda mod, args, out: captured.__setitem__("f", out))
 
     def aux_loss(model: Any, aux: Any, batch: dict[str, Any]) -> Any:
+        if batch["examples"][0].image is None:  # a batch of text-role calls: no image features
+            return 0.0
         feats = captured["f"]
         feats = feats.reshape(len(batch["examples"]), -1, feats.shape[-1]).mean(1)
         target = torch.tensor([labels[e.image] for e in batch["examples"]])
@@ -708,6 +733,7 @@ def _size(folder: Path) -> int:
 @dataclass
 class DemoEval:
     method: str
+    mode: str
     n: int
     accuracy: float
     solved_rate: float
@@ -753,6 +779,7 @@ async def evaluate_demo(
     methods: tuple[str, ...] = ("proreason", "direct", "cot"),
     concurrency: int = 16,
     oracle_vision: bool = False,
+    pure: bool = False,
 ) -> list[DemoEval]:
     """The demo models on the easy-VQA TEST split through the production backend and Reasoner.
 
@@ -760,6 +787,7 @@ async def evaluate_demo(
     perception accuracy (every vision-expert reply checked against the test annotations).
     ``oracle_vision``: replace the LVLM by a perfect vision expert (measures the text LM alone).
     ``opened``: the demo profile's models, opened by the caller (``proreason demo-report``).
+    ``pure``: also run ``proreason`` in pure mode (the LVLM plays every role).
     """
     from evals.oracle import OracleVisionBackend, template_field
     from evals.runner import evaluate
@@ -778,9 +806,12 @@ async def evaluate_demo(
     decoder = ImageDecoder()
     reports = []
     reasoner = Reasoner(models, agent)
-    for method in methods:
+    runs = [(m, "assisted") for m in methods]
+    if pure and "proreason" in methods:
+        runs.insert(methods.index("proreason") + 1, ("proreason", "pure"))
+    for method, mode in runs:
         vision.take()
-        options = RunOptions(method=method, mode="assisted", max_rounds=agent.max_rounds)
+        options = RunOptions(method=method, mode=mode, max_rounds=agent.max_rounds)
         report, rows = await evaluate(reasoner, items, options, decoder, concurrency=concurrency)
         checks = []
         for call in vision.take():
@@ -802,6 +833,7 @@ async def evaluate_demo(
         reports.append(
             DemoEval(
                 method=method,
+                mode=mode,
                 n=n,
                 accuracy=report.accuracy,
                 solved_rate=report.stop_reasons.get("solved", 0) / n if n else 0.0,

@@ -181,7 +181,8 @@ def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 class _Batches:
-    """Random batches of similar length (length-sorted pools), reproducible from a seed."""
+    """Random batches of similar length (length-sorted pools), reproducible from a seed; records
+    with an image and records without are never mixed in one batch."""
 
     def __init__(self, examples: Sequence[Example], batch_size: int, seed: int) -> None:
         self.examples = examples
@@ -194,10 +195,14 @@ class _Batches:
         self.rng.shuffle(order)
         pool = self.batch_size * 32
         batches = []
+        step = self.batch_size
         for i in range(0, len(order), pool):
-            chunk = sorted(order[i : i + pool], key=lambda j: len(self.examples[j].input_ids))
-            step = self.batch_size
-            batches += [chunk[k : k + step] for k in range(0, len(chunk), step)]
+            chunk = order[i : i + pool]
+            # a batch holds records with images or records without, never both
+            for with_image in (True, False):
+                group = [j for j in chunk if (self.examples[j].image is not None) == with_image]
+                group.sort(key=lambda j: len(self.examples[j].input_ids))
+                batches += [group[k : k + step] for k in range(0, len(group), step)]
         self.rng.shuffle(batches)
         self._queue = batches
 

@@ -164,9 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a video file, http(s) URL or data URL instead of images: its sampled frames are "
         "what the vision expert sees",
     )
-    a.add_argument(
-        "--video-frames", type=int, metavar="N", help="frames sampled from --video"
-    )
+    a.add_argument("--video-frames", type=int, metavar="N", help="frames sampled from --video")
     a.add_argument(
         "--video-sampling",
         choices=("uniform", "scene"),
@@ -333,6 +331,7 @@ def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--method", action="append", choices=METHODS, help="repeat; default: proreason, direct, cot"
     )
+    r.add_argument("--pure", action="store_true", help="also run proreason in pure mode (one LVLM)")
     r.add_argument("--out", metavar="FILE", help="also write the figures as JSON")
     r.set_defaults(func=lambda args: asyncio.run(demo_report(args)), profile="demo")
 

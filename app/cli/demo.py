@@ -101,7 +101,7 @@ async def demo_report(args: argparse.Namespace) -> int:
     try:
         reports = await evaluate_demo(
             models, settings.agent, limit=args.limit or None, seed=args.seed,
-            methods=tuple(args.method or ("proreason", "direct", "cot")),
+            methods=tuple(args.method or ("proreason", "direct", "cot")), pure=args.pure,
         )  # fmt: skip
     finally:
         await close_models(models)

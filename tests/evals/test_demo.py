@@ -201,7 +201,8 @@ def demo_build(tmp_path_factory: pytest.TempPathFactory) -> dict:
         )
     )
     text = [r for r in records if r["role"] != "vision"]
-    vision = [r for r in records if r["role"] == "vision"]
+    # the LVLM also learns text-role calls (pure mode): records without an image
+    vision = [r for r in records if r["role"] == "vision"] + text[:3]
     write_records(root / "text.jsonl", text)
     write_records(root / "vision.jsonl", vision)
     folders = {"text": root / "text", "vision": root / "vision"}
@@ -348,3 +349,21 @@ def test_the_phrase_tokenizer_keeps_content_words_whole_and_survives_loading(tmp
         else:
             with pytest.raises(RuntimeError, match="different tokenizer"):
                 check_tokenizer_survives(folder, tok)
+
+
+def test_batches_never_mix_records_with_and_without_an_image() -> None:
+    """The LVLM trains on its vision calls and (pure mode) on text-role calls: a batch's pixel
+    values must cover all its records or none."""
+    from models.training import Example, _Batches
+
+    examples = [
+        Example(input_ids=[1] * (3 + i % 7), reply_start=1, image=None if i % 3 else f"img{i}")
+        for i in range(200)
+    ]
+    batches = _Batches(examples, batch_size=8, seed=0)
+    seen = 0
+    for _ in range(60):
+        batch = batches.next()
+        assert len({e.image is None for e in batch}) == 1
+        seen += len(batch)
+    assert seen >= 200  # a whole pass, with both kinds
