@@ -4,8 +4,9 @@
   folder (started on first use, several started in parallel, all stopped at the end of the
   session). Skips, with the install command, when the transformers serving extra is missing.
 - ``model_set``: which model folders the end-to-end tests serve, parametrised: ``tiny`` (random
-  weights built by ``models.tiny``; always there) and ``demo`` (trained models: the folder named
-  by ``$PROREASON_DEMO_MODELS``, holding ``vision/`` and ``text/``; skipped while it is unset).
+  weights built by ``models.tiny``; always there) and ``demo`` (the trained demo models committed
+  under ``tests/data/demo-models/``, or the folder ``$PROREASON_DEMO_MODELS`` names, e.g. a fresh
+  ``proreason build-demo``; each holds ``vision/`` and ``text/``).
 - ``upstream_config``: a BackendConfig for a server, as docs/upstreams.md recommends for it.
 """
 
@@ -24,6 +25,8 @@ from models.config import BackendConfig
 from tests.integration.tserve import TransformersServe, serving_available
 
 DEMO_MODELS_ENV = "PROREASON_DEMO_MODELS"
+#: the demo models the figures in docs/accuracy.md were measured on (docs/demo-models.md)
+COMMITTED_DEMO_MODELS = Path(__file__).resolve().parents[1] / "data" / "demo-models"
 
 
 @dataclass(frozen=True)
@@ -74,11 +77,9 @@ def tiny_set(tiny_models: dict[str, Path]) -> ModelSet:
     return ModelSet("tiny", tiny_models["vision"], tiny_models["text"], random=True)
 
 
-def demo_set() -> ModelSet | None:
+def demo_set() -> ModelSet:
     folder = os.environ.get(DEMO_MODELS_ENV)
-    if not folder:
-        return None
-    root = Path(folder).expanduser().resolve()
+    root = Path(folder).expanduser().resolve() if folder else COMMITTED_DEMO_MODELS
     return ModelSet("demo", root / "vision", root / "text", random=False)
 
 
@@ -87,12 +88,9 @@ def model_set(request: pytest.FixtureRequest) -> ModelSet:
     if request.param == "tiny":
         return request.getfixturevalue("tiny_set")
     models = demo_set()
-    if models is None:
-        pytest.skip(f"no trained demo models yet: set ${DEMO_MODELS_ENV} to a folder with "
-                    "vision/ and text/ (the demo models' build writes them)")  # fmt: skip
     for folder in (models.vision, models.text):
         if not (folder / "config.json").is_file():
-            pytest.fail(f"${DEMO_MODELS_ENV}: {folder} is not a model folder")
+            pytest.fail(f"{folder} is not a model folder (see ${DEMO_MODELS_ENV})")
     return models
 
 

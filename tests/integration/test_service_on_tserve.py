@@ -3,9 +3,10 @@ upstreams, driven by the official ``openai`` client and httpx.
 
 Two deployment shapes: ``vllm`` (configs/vllm.yaml: the LVLM on one upstream, the text LLM on
 another) and ``pure`` (configs/pure.yaml: one LVLM upstream plays every role). Each runs on every
-``model_set`` (tests/integration/conftest.py): the tiny random models always, the trained demo
-models when ``$PROREASON_DEMO_MODELS`` names them. Random weights cannot solve anything (the loop
-falls back), so the tests assert on structure; ``test_demo_models_solve`` asserts the loop solves.
+``model_set`` (tests/integration/conftest.py): the tiny random models and the trained demo models
+committed under tests/data/demo-models (or the folder ``$PROREASON_DEMO_MODELS`` names). Random
+weights cannot solve anything (the loop falls back), so most tests assert on structure;
+``test_demo_models_solve`` asserts the demo models solve easy-VQA test questions, right.
 """
 
 from __future__ import annotations
@@ -200,21 +201,39 @@ def test_a_question_the_upstream_cannot_take_fails_fast_and_readably(
     assert elapsed < 30
 
 
-def _easy_vqa_item() -> tuple[str, str, Path]:
+def _easy_vqa_items(n: int) -> list[tuple[str, str, Path]]:
+    """The first ``n`` easy-VQA TEST questions (images the demo models never saw)."""
     easy_vqa = pytest.importorskip("easy_vqa")
     questions, answers, image_ids = easy_vqa.get_test_questions()
     paths = easy_vqa.get_test_image_paths()
-    return questions[0], answers[0], Path(paths[image_ids[0]])
+    return [(questions[i], answers[i], Path(paths[image_ids[i]])) for i in range(n)]
 
 
 def test_demo_models_solve(service: Service) -> None:
+    """The trained demo models reason to ``solved`` and right answers through a third-party
+    server, as a user sends questions: plain JSON and the official client's chat completions."""
     if service.models.random:
-        pytest.skip("random-weight tiny models cannot solve a question; needs the trained demo "
-                    "models ($PROREASON_DEMO_MODELS)")  # fmt: skip
-    question, answer, image = _easy_vqa_item()
+        pytest.skip("random-weight tiny models cannot solve a question (the demo set can)")
+    items = _easy_vqa_items(6)
+    right = 0
+    for question, answer, image in items:
+        url = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
+        r = service.reason(question=question, images=[url], trace=True)
+        assert r.status_code == 200, r.text
+        result = r.json()
+        assert result["stop_reason"] == "solved", result["trace"]
+        roles = [s["role"] for s in result["trace"]]
+        assert roles[:2] == ["dispatcher", "vision"] and "referee" in roles, roles
+        assert roles[-1] == "summarizer", roles
+        right += result["answer"].strip().lower() == answer
+    assert right >= len(items) - 1, right  # ~98% on the test split (docs/accuracy.md)
+    question, answer, image = items[0]
     url = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
-    r = service.reason(question=question, images=[url], trace=True)
-    assert r.status_code == 200, r.text
-    result = r.json()
-    assert result["stop_reason"] == "solved", result["trace"]
-    assert answer.lower() in result["answer"].lower()
+    chat = service.oai.chat.completions.create(
+        model="proreason",
+        messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}},
+            {"type": "text", "text": question},
+        ]}],
+    )  # fmt: skip
+    assert chat.choices[0].message.content.strip().lower() == answer
