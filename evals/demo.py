@@ -84,7 +84,7 @@ class DemoSpec:
     #: of those runs' dispatcher calls, how many train the text LM
     dispatcher_records: int = 1500
     #: train questions whose pure-mode trajectory (the LVLM plays every role) trains the LVLM
-    pure_items: int = 3000
+    pure_items: int = 6000
     #: train questions answered with the direct and cot baselines (LVLM data)
     direct_items: int = 12000
     cot_items: int = 3000
@@ -97,8 +97,8 @@ class DemoSpec:
     vision_layers: int = 2
     vision_heads: int = 4
     vision_text_hidden: int = 128
-    vision_text_layers: int = 2
-    vision_steps: int = 2000
+    vision_text_layers: int = 3
+    vision_steps: int = 2500
     vision_batch: int = 32
     vision_lr: float = 5e-4
     aux_weight: float = 1.0
@@ -164,6 +164,34 @@ def _text_role_records(
     text = [r for r in records if r["role"] in TEXT_ROLES and r["role"] != "dispatcher"]
     dispatch = [r for r in records if r["role"] == "dispatcher"]
     return text + rng.sample(dispatch, min(dispatchers, len(dispatch)))
+
+
+def _balanced(
+    items: list[EvalItem], facts: dict[int, ImageFacts], n: int, rng: random.Random
+) -> list[EvalItem]:
+    """``n`` items in which half the yes/no questions name the value the image has.
+
+    In easy-VQA a yes/no question names the image's colour 1 time in 8 (its shape 1 in 3): a
+    small model then learns to write "red is not green" whatever it reads. The pure-mode LVLM
+    (which also sees and describes) did, so its referee data is balanced."""
+
+    def matches(item: EvalItem) -> bool:
+        parsed = parse_question(item.question)
+        image = facts[int(_image_id(item.image_paths[0]))]
+        return (
+            parsed is not None
+            and parsed.kind == "yesno"
+            and image.get(parsed.attribute) == parsed.value
+        )
+
+    same = [i for i in items if matches(i)]
+    yesno = [i for i in items if not matches(i) and parse_question(i.question).kind == "yesno"]
+    what = [i for i in items if parse_question(i.question).kind == "what"]
+    k = n // 3
+    picked = [rng.choice(same) for _ in range(k)] + rng.sample(yesno, min(k, len(yesno)))
+    picked += rng.sample(what, min(n - len(picked), len(what)))
+    rng.shuffle(picked)
+    return picked
 
 
 def _as_typed(item: EvalItem, rng: random.Random) -> EvalItem:
@@ -277,7 +305,7 @@ def make_demo_records(
             facts, easy_vqa.get_train_image_paths(), prompts, config, spec.presence_per_image, rng
         )
         pure_items = [
-            _as_typed(item, rng) for item in rng.sample(items, min(spec.pure_items, len(items)))
+            _as_typed(item, rng) for item in _balanced(items, facts, spec.pure_items, rng)
         ]
         pure, _ = await record_runs(
             pure_items, models_for, reasoner_for, RunOptions(mode="pure", max_rounds=4),
@@ -739,6 +767,9 @@ class DemoEval:
     solved_rate: float
     parse_failures: int
     parse_failure_rate: float  # parse failures per question
+    fallback_rate: float = 0.0
+    calls_per_question: float = 0.0
+    tokens_per_question: float = 0.0
     perception_calls: int = 0
     perception_accuracy: float | None = None
     stop_reasons: dict[str, int] = field(default_factory=dict)
@@ -839,6 +870,9 @@ async def evaluate_demo(
                 solved_rate=report.stop_reasons.get("solved", 0) / n if n else 0.0,
                 parse_failures=sum(r.parse_failures for r in rows),
                 parse_failure_rate=report.parse_failures_per_question,
+                fallback_rate=report.fallback_rate,
+                calls_per_question=round(report.model_calls_per_question, 2),
+                tokens_per_question=round(report.tokens_per_question, 1),
                 perception_calls=len(checked),
                 perception_accuracy=sum(checked) / len(checked) if checked else None,
                 stop_reasons=report.stop_reasons,
