@@ -211,8 +211,7 @@ class ImageDecoder:
         self.max_pixels = max_pixels
         self.max_side = max_side
         self.concurrency = concurrency or max(1, min(4, os.cpu_count() or 1))
-        self._slots_: asyncio.Semaphore | None = None
-        self._slots_loop: asyncio.AbstractEventLoop | None = None
+        self._slots = LoopSemaphore(self.concurrency)
         _configure_pil(max_pixels)
 
     async def decode(self, data: bytes, source: str = "upload") -> ImageInput:
@@ -220,7 +219,7 @@ class ImageDecoder:
         if len(data) > self.max_bytes:
             msg = f"image is too large: {len(data)} bytes (limit {self.max_bytes} bytes)"
             raise refuse(f"{short(source, 60)}: {msg}", "too_large")
-        async with self._slots():
+        async with self._slots.get():
             image = await asyncio.to_thread(self.decode_sync, bytes(data))
         logger.debug("images: decoded %s from %s", image, source)
         return image
@@ -229,10 +228,19 @@ class ImageDecoder:
         img = decode_image(data, max_pixels=self.max_pixels, max_side=self.max_side)
         return ImageInput(img)
 
-    def _slots(self) -> asyncio.Semaphore:
-        """The semaphore of the running loop (an asyncio primitive binds to one loop)."""
+
+class LoopSemaphore:
+    """An ``asyncio.Semaphore`` for whichever event loop is running (a primitive binds to one
+    loop; a decoder may be used from several, e.g. the CLI's and a test's)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self._semaphore: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def get(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
-        if self._slots_ is None or self._slots_loop is not loop:
-            self._slots_ = asyncio.Semaphore(self.concurrency)
-            self._slots_loop = loop
-        return self._slots_
+        if self._semaphore is None or self._loop is not loop:
+            self._semaphore = asyncio.Semaphore(self.value)
+            self._loop = loop
+        return self._semaphore

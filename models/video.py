@@ -44,7 +44,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from models.errors import MediaError
-from models.images import short
+from models.images import LoopSemaphore, short
 from models.types import ImageInput, VideoInput
 
 logger = logging.getLogger(__name__)
@@ -403,8 +403,7 @@ class VideoDecoder:
     def __init__(self, limits: VideoLimits, *, concurrency: int | None = None) -> None:
         self.limits = limits
         self.concurrency = concurrency or max(1, min(2, os.cpu_count() or 1))
-        self._slots_: asyncio.Semaphore | None = None
-        self._slots_loop: asyncio.AbstractEventLoop | None = None
+        self._slots = LoopSemaphore(self.concurrency)
 
     async def decode(
         self, data: bytes, *, frames: int, sampling: Sampling, source: str = "upload"
@@ -415,16 +414,10 @@ class VideoDecoder:
                 f"(limit {self.limits.max_bytes} bytes)",
                 "too_large",
             )
-        async with self._slots():
+        async with self._slots.get():
             video = await asyncio.to_thread(
                 decode_video, bytes(data), frames=frames, sampling=sampling, limits=self.limits
             )
         logger.debug("video: %s from %s", video, source)
         return video
 
-    def _slots(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        if self._slots_ is None or self._slots_loop is not loop:
-            self._slots_ = asyncio.Semaphore(self.concurrency)
-            self._slots_loop = loop
-        return self._slots_

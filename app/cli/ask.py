@@ -30,24 +30,15 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _read_image_file(ref: str, index: int) -> bytes:
+def _read_file(ref: str, what: str) -> bytes:
+    """A local media file's bytes; ``what`` names it in the error ("image 2", "video")."""
     path = Path(ref).expanduser()
     if not path.is_file():
-        raise CLIError(f"image {index}: no such file: {ref}")
+        raise CLIError(f"{what}: no such file: {ref}")
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise CLIError(f"image {index}: cannot read {ref}: {exc.strerror}") from None
-
-
-def _read_video_file(ref: str) -> bytes:
-    path = Path(ref).expanduser()
-    if not path.is_file():
-        raise CLIError(f"video: no such file: {ref}")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise CLIError(f"video: cannot read {ref}: {exc.strerror}") from None
+        raise CLIError(f"{what}: cannot read {ref}: {exc.strerror}") from None
 
 
 async def _load_video(settings: Any, args: argparse.Namespace) -> Any:
@@ -62,9 +53,10 @@ async def _load_video(settings: Any, args: argparse.Namespace) -> Any:
                 args.video_frames, args.video_sampling, param="video"
             )
             ref = args.video
-            source = (
-                ref if _is_url(ref) else Upload(await asyncio.to_thread(_read_video_file, ref), ref)
-            )
+            if _is_url(ref):
+                source = ref
+            else:
+                source = Upload(await asyncio.to_thread(_read_file, ref, "video"), ref)
             return await loader.load_video(source, frames=frames, sampling=sampling, param="video")
         except MediaError as exc:
             raise CLIError(f"{args.video}: {exc.message}") from None
@@ -89,7 +81,7 @@ async def _load_images(settings: Any, refs: Sequence[str]) -> list[Any]:
                 if _is_url(ref):
                     images.append(await loader.load(ref))
                 else:
-                    data = await asyncio.to_thread(_read_image_file, ref, i)
+                    data = await asyncio.to_thread(_read_file, ref, f"image {i}")
                     images.append(await loader.load_bytes(data, source=ref))
             except MediaError as exc:
                 raise CLIError(f"image {i} ({ref}): {exc.message}") from None
@@ -174,7 +166,7 @@ async def _ask_in_process(args: argparse.Namespace) -> int:
 def _image_ref(ref: str, index: int) -> str:
     if _is_url(ref):
         return ref
-    data = _read_image_file(ref, index)
+    data = _read_file(ref, f"image {index}")
     mime = mimetypes.guess_type(ref)[0] or "image/png"
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
@@ -192,7 +184,8 @@ def _service_body(args: argparse.Namespace) -> dict[str, Any]:
         ref = args.video
         if not _is_url(ref):
             mime = mimetypes.guess_type(ref)[0] or "video/mp4"
-            ref = f"data:{mime};base64,{base64.b64encode(_read_video_file(ref)).decode('ascii')}"
+            data = base64.b64encode(_read_file(ref, "video")).decode("ascii")
+            ref = f"data:{mime};base64,{data}"
         body["video"] = ref
     for key, value in (
         ("method", args.method),
