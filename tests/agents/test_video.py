@@ -13,8 +13,8 @@ from models.errors import InvalidRequest
 from models.ocr import OcrEngine
 from models.types import ImagePart, TextPart
 from models.video import VideoLimits, decode_video
-from tests.fakes.models import Call, FakeModel
-from tests.fakes.videos import colour_of, make_video
+from tests.fakes.models import FakeModel
+from tests.fakes.videos import frames_shown, make_video
 
 MOMENT = '{"thought": "Find the change.", "expert": "vision", "question": "What colour is the square in frame 3, after 2.0 s?"}'  # noqa: E501
 SOLVED = '{"reasoning": "It turns blue at 2.5 s.", "solvable": true}'
@@ -36,18 +36,6 @@ def make(prompt_sets, **script):
     reasoner = Reasoner(ModelSet(vision=vision, text=text), AgentConfig(), prompts=prompt_sets)
     return reasoner, vision, text
 
-
-def frames_shown(call: Call) -> list[tuple[str, str]]:
-    """(label, colour) of each image of the call's user turn, the label the text part before it."""
-    user = next(m for m in call.request.messages if m.role == "user")
-    out, label = [], None
-    for part in user.content:
-        if isinstance(part, TextPart):
-            label = part.text
-        elif isinstance(part, ImagePart):
-            out.append((label, colour_of(part.image.image)))
-            label = None
-    return out
 
 
 async def test_the_vision_expert_sees_ordered_labelled_frames(prompt_sets, clip) -> None:

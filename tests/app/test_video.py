@@ -21,13 +21,12 @@ from openai import OpenAI
 
 from agents.types import ModelSet
 from app.main import create_app
-from models.types import ImagePart, TextPart
 from tests.app.conftest import LiveServer, make_settings, png_data_url
 from tests.app.test_upstreams import openai_settings
-from tests.fakes.models import Call, FakeModel
+from tests.fakes.models import FakeModel
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.roles import RoleResponder
-from tests.fakes.videos import colour_of, make_video
+from tests.fakes.videos import frames_shown, make_video
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +55,6 @@ def chat(client: TestClient, messages: list[dict[str, Any]], **ext: Any):
         body["proreason"] = ext
     return client.post("/v1/chat/completions", json=body)
 
-
-def frames_shown(call: Call) -> list[tuple[str | None, str]]:
-    user = call.request.messages[-1]
-    out, label = [], None
-    for part in user.content:
-        if isinstance(part, TextPart):
-            label = part.text
-        elif isinstance(part, ImagePart):
-            out.append((label, colour_of(part.image.image)))
-    return out
 
 
 def make_client(vision: FakeModel, text: FakeModel, **media: Any) -> TestClient:

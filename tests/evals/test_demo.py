@@ -361,9 +361,10 @@ def test_batches_never_mix_records_with_and_without_an_image() -> None:
         for i in range(200)
     ]
     batches = _Batches(examples, batch_size=8, seed=0)
-    seen = 0
-    for _ in range(60):
+    kinds, seen = set(), set()
+    for _ in range(60):  # > 2 passes over the 200 records
         batch = batches.next()
         assert len({e.image is None for e in batch}) == 1
-        seen += len(batch)
-    assert seen >= 200  # a whole pass, with both kinds
+        kinds.add(batch[0].image is None)
+        seen.update(id(e) for e in batch)
+    assert kinds == {True, False} and len(seen) == 200  # both kinds, every record drawn

@@ -67,3 +67,19 @@ def colour_of(image: Image.Image) -> str:
     if b > 200 and r < 60 and g < 60:
         return "blue"
     return "other"
+
+
+def frames_shown(call) -> list[tuple[str | None, str]]:
+    """(label, colour) of each image of a recorded call's user turn (``tests.fakes.models.Call``):
+    the label is the text part right before the image, None when the image has none."""
+    from models.types import ImagePart, TextPart
+
+    user = next(m for m in call.request.messages if m.role == "user")
+    out, label = [], None
+    for part in user.content:
+        if isinstance(part, TextPart):
+            label = part.text
+        elif isinstance(part, ImagePart):
+            out.append((label, colour_of(part.image.image)))
+            label = None
+    return out
