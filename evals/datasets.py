@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from models.errors import InvalidRequest
+from models.types import ImageInput, Message
 
 #: how an item is scored: ``choice`` (one of ``options``), ``yesno``, ``number`` (at
 #: ``precision`` decimals when given), ``open`` (normalised text; a list reference: any of it)
@@ -37,8 +39,18 @@ class EvalItem:
     answer_type: AnswerType = "auto"
     #: MathVista: decimals the numeric answer is compared at
     precision: int | None = None
-    #: what the benchmark's metrics group by (HallusionBench set/figure ids, MME subtask ...)
+    #: what the benchmark's metrics group by (HallusionBench set/figure ids, MME subtask ...);
+    #: ``meta["history"]``: earlier chat turns about the same images, (question, answer) pairs
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def history(self, images: Sequence[ImageInput]) -> tuple[Message, ...]:
+        """``meta["history"]`` as the chat endpoint passes earlier turns: each earlier question
+        a user turn showing the item's images, each answer an assistant turn."""
+        turns: list[Message] = []
+        for question, answer in self.meta.get("history", ()):
+            shown = images if not turns else ()  # the images came with the first turn
+            turns += [Message.user(question, shown), Message.text("assistant", answer)]
+        return tuple(turns)
 
 
 def load_dataset(

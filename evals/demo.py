@@ -1,26 +1,31 @@
 """The demo models: a tiny LVLM and a tiny text LM, trained offline on CPU, that make the real
-ProReason loop reason to correct, ``solved`` answers on easy-VQA.
+ProReason loop reason to correct, ``solved`` answers on easy-VQA and, with the OCR expert, on
+questions about text in an image.
 
 :func:`build_demo` (``python -m evals.demo build [DIR]``) does everything in one go:
 
-1. **data** (:func:`make_demo_records`): trajectories of the REAL ``agents.Reasoner`` loop on the
-   easy-VQA TRAIN split with :class:`evals.oracle.OracleBackend` playing every role, recorded by
-   ``evals.trajectories`` (so the records hold exactly the current prompts); the text records
-   (dispatcher, insight, referee, summarizer) train the text LM. The LVLM learns from the vision
-   expert's records of those runs, from perception drills on every train image (shape, colour and
-   presence sub-questions, rendered by the loop's own prompt code) and from the ``direct`` and
-   ``cot`` baselines run through the Reasoner;
-2. **tokenizers**: one byte-level BPE per model, trained on its records with a vocabulary large
-   enough that every word of the prompts is one token (easy copying from the notes);
+1. **data** (:func:`make_demo_records`): trajectories of the REAL ``agents.Reasoner`` loop with
+   teachers that know the answers playing every role (``evals.oracle``: the easy-VQA annotations;
+   the text each rendered image shows, ``evals.text_images``), recorded by ``evals.trajectories``
+   (so the records hold exactly the current prompts): easy-VQA TRAIN questions (a share asked as
+   a chat's follow-up turn), easy-VQA questions with the OCR expert offered, and questions about
+   rendered text with the OCR expert (it reads) and without (the vision expert reads). The text
+   roles' records train the text LM. The LVLM learns from the vision expert's records of those
+   runs, from perception drills on every train image (shape, colour and presence sub-questions,
+   rendered by the loop's own prompt code), from the ``direct`` and ``cot`` baselines and from
+   pure-mode runs;
+2. **tokenizers**: one phrase-level byte BPE per model (``models.tiny.train_bpe_tokenizer``): the
+   words a model copies are single tokens, numbers pieces of two digits;
 3. **models**: ``LlavaForConditionalGeneration`` (SigLIP tower, Qwen2 LM; 64x64 input, 8x8
    patches -> 64 image tokens; image_mean 1 / image_std 0.5 so the white background is 0) and a
-   ``Qwen2ForCausalLM``, both from scratch;
+   ``LlamaForCausalLM``, both from scratch;
 4. **training** (``models.training``): both at once, one process and one torch thread each. The
    LVLM has an auxiliary shape/colour classifier on its projected image features (dropped after
    training) and sees random flips / quarter turns of the images.
 
 The folders load with the production ``TransformersBackend`` (``configs/demo.yaml``).
-``python -m evals.demo eval`` runs the loop on the easy-VQA TEST split and reports accuracy, stop
+``proreason demo-report`` (:func:`evaluate_demo`) runs the loop on the easy-VQA TEST split (and
+on follow-up turns and test questions about text, when asked) and reports accuracy, stop
 reasons, parse failures and perception accuracy.
 """
 
@@ -50,10 +55,12 @@ from evals.oracle import (
     SUB_QUESTIONS,
     ImageFacts,
     OracleBackend,
+    TextOracleBackend,
     asks_both,
     image_facts,
     parse_question,
 )
+from evals.text_images import WORDS, annotated_recognizer, as_items, text_questions
 from evals.trajectories import (
     RecordingBackend,
     RunSpec,
@@ -62,7 +69,9 @@ from evals.trajectories import (
     record_runs,
     write_records,
 )
+from models.base import ModelBackend
 from models.images import ImageDecoder
+from models.ocr import OcrEngine
 from models.tiny import CHAT_TEMPLATE, IMAGE, set_generation_config, train_bpe_tokenizer
 from models.types import GenerationRequest, ImageInput, SamplingParams
 
@@ -70,7 +79,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DEMO_DIR = Path("~/.cache/proreason/demo")
 MARKER = "proreason-demo.json"
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
 TEXT_ROLES = ("dispatcher", "insight", "referee", "summarizer")
 
 
@@ -90,6 +99,17 @@ class DemoSpec:
     cot_items: int = 3000
     #: presence sub-questions per train image in the perception drill
     presence_per_image: int = 2
+    #: the share of the loop's questions asked as a chat's follow-up turn (an earlier question
+    #: about the same image and its answer as history)
+    follow_up_share: float = 0.25
+    #: easy-VQA questions answered with the OCR expert offered (the dispatcher still looks)
+    ocr_shape_items: int = 1000
+    #: questions about written text (``evals.text_images``) answered with the OCR expert ...
+    ocr_text_items: int = 3000
+    #: ... and without it (the vision expert reads; these also teach the LVLM to read)
+    read_text_items: int = 1500
+    #: the text LM's loss weight of those questions' records (copying cells is the hard part)
+    text_image_weight: float = 2.0
     # --- LVLM
     image_size: int = 64
     patch_size: int = 8
@@ -113,7 +133,7 @@ class DemoSpec:
     text_hidden: int = 128
     text_layers: int = 3
     text_heads: int = 4
-    text_steps: int = 2000
+    text_steps: int = 6000
     text_batch: int = 24
     text_lr: float = 1e-3
     # --- both
@@ -203,10 +223,32 @@ def _as_typed(item: EvalItem, rng: random.Random) -> EvalItem:
 
 def _oracle_models(facts: dict[int, ImageFacts], prompts: PromptSet):
     def models_for(item: EvalItem) -> RunSpec:
-        oracle = OracleBackend(item.question, facts[int(_image_id(item.image_paths[0]))], prompts)
+        if "text" in item.meta:  # a question about written text (evals.text_images)
+            oracle: ModelBackend = TextOracleBackend(item.meta["text"], prompts)
+        else:
+            fact = facts[int(_image_id(item.image_paths[0]))]
+            oracle = OracleBackend(item.question, fact, prompts)
         return RunSpec(vision=oracle, text=oracle)
 
     return models_for
+
+
+def _as_follow_ups(
+    items: list[EvalItem], pool: list[EvalItem], share: float, rng: random.Random
+) -> list[EvalItem]:
+    """``share`` of ``items`` asked as a chat's second turn: another question about the same
+    image (from ``pool``) and its answer as the earlier turn, as a chat UI sends it."""
+    by_image: dict[Path, list[EvalItem]] = {}
+    for other in pool:
+        by_image.setdefault(other.image_paths[0], []).append(other)
+    out = []
+    for item in items:
+        earlier = [o for o in by_image.get(item.image_paths[0], []) if o.question != item.question]
+        if earlier and rng.random() < share:
+            first = _as_typed(rng.choice(earlier), rng)
+            item = replace(item, meta={**item.meta, "history": ((first.question, first.answer),)})
+        out.append(item)
+    return out
 
 
 async def _drill_records(
@@ -282,17 +324,43 @@ def make_demo_records(
     items = _answerable(load_dataset("easy-vqa", split="train"), facts)
     models_for = _oracle_models(facts, prompts)
 
+    n_text = spec.ocr_text_items + spec.read_text_items
+    written = as_items(text_questions("train", n_text), out_dir / "text-images")
+    rng.shuffle(written)
+    # the OCR expert reads the text images from their annotations (an OCR that is always right)
+    ocr = OcrEngine(recognize=annotated_recognizer(i.meta["text"].case for i in written))
+
     def reasoner_for(models: ModelSet) -> Reasoner:
-        return Reasoner(models, config, prompts=prompts)
+        return Reasoner(models, config, prompts=prompts, ocr=ocr)
+
+    async def loop_runs(chosen: list[EvalItem], options: RunOptions) -> list[dict[str, Any]]:
+        recs, _ = await record_runs(
+            chosen, models_for, reasoner_for, options, load_image, image_id=_image_id,
+            concurrency=32,
+        )  # fmt: skip
+        return [r for r in recs if r["solved"] and r["correct"]]
 
     async def run_all() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         text_items = [
             _as_typed(item, rng) for item in rng.sample(items, min(spec.text_items, len(items)))
         ]
-        loop, _ = await record_runs(
-            text_items, models_for, reasoner_for, RunOptions(max_rounds=4), load_image,
-            image_id=_image_id, concurrency=32,
-        )  # fmt: skip
+        text_items = _as_follow_ups(text_items, items, spec.follow_up_share, rng)
+        good = await loop_runs(text_items, RunOptions(max_rounds=4))
+        text = _text_role_records(good, spec.dispatcher_records, rng)
+        vision = [r for r in good if r["role"] == "vision"]
+        # the OCR expert offered: easy-VQA questions (the dispatcher still asks the vision
+        # expert) and questions about written text (it asks the OCR expert)
+        shape_ocr = [_as_typed(i, rng) for i in rng.sample(items, spec.ocr_shape_items)]
+        good = await loop_runs(shape_ocr, RunOptions(max_rounds=4, ocr=True))
+        text += _text_role_records(good, spec.ocr_shape_items // 2, rng)
+        read_ocr = [_as_typed(i, rng) for i in written[: spec.ocr_text_items]]
+        good = await loop_runs(read_ocr, RunOptions(max_rounds=4, ocr=True))
+        text += _text_role_records(good, spec.ocr_text_items // 3, rng)
+        # no OCR expert: the vision expert reads (the LVLM learns to, from the pixels)
+        read_vision = [_as_typed(i, rng) for i in written[spec.ocr_text_items :]]
+        good = await loop_runs(read_vision, RunOptions(max_rounds=4))
+        text += _text_role_records(good, spec.read_text_items // 3, rng)
+        vision += [r for r in good if r["role"] == "vision"]
         baseline: list[dict[str, Any]] = []
         for method, n in (("direct", spec.direct_items), ("cot", spec.cot_items)):
             chosen = rng.sample(items, min(n, len(items)))
@@ -307,19 +375,16 @@ def make_demo_records(
         pure_items = [
             _as_typed(item, rng) for item in _balanced(items, facts, spec.pure_items, rng)
         ]
-        pure, _ = await record_runs(
-            pure_items, models_for, reasoner_for, RunOptions(mode="pure", max_rounds=4),
-            load_image, image_id=_image_id, concurrency=32,
-        )  # fmt: skip
-        good = [r for r in loop if r["solved"] and r["correct"]]
-        text = _text_role_records(good, spec.dispatcher_records, rng)
-        vision = [r for r in good if r["role"] == "vision"] + drill + baseline
+        pure_good = await loop_runs(pure_items, RunOptions(mode="pure", max_rounds=4))
+        vision += drill + baseline
         # pure mode: the LVLM plays the text roles too (their calls carry no image)
-        pure_good = [r for r in pure if r["solved"] and r["correct"]]
         vision += _text_role_records(pure_good, spec.dispatcher_records // 4, rng)
         return text, vision
 
-    text, vision = asyncio.run(run_all())
+    try:
+        text, vision = asyncio.run(run_all())
+    finally:
+        asyncio.run(ocr.close())
     paths = {"text": out_dir / "text.jsonl", "vision": out_dir / "vision.jsonl"}
     write_records(paths["text"], text)
     write_records(paths["vision"], vision)
@@ -344,7 +409,7 @@ def _corpus(records: list[dict[str, Any]]) -> list[str]:
 
 #: the words a demo model copies from its input into its replies: one token each, whatever
 #: surrounds them (see ``models.tiny.train_bpe_tokenizer``'s ``phrases_around``)
-CONTENT_WORDS = (*SHAPES, *COLOURS, "yes", "no", "Yes", "No")
+CONTENT_WORDS = (*SHAPES, *COLOURS, "yes", "no", "Yes", "No", *WORDS)
 
 
 def train_tokenizer(texts: list[str], *, max_vocab: int, model_max_length: int = 2048):
@@ -353,7 +418,7 @@ def train_tokenizer(texts: list[str], *, max_vocab: int, model_max_length: int =
     content words stay single tokens (``models.tiny.train_bpe_tokenizer``)."""
     return train_bpe_tokenizer(
         texts, vocab_size=max_vocab, model_max_length=model_max_length, min_frequency=1,
-        phrases_around=CONTENT_WORDS,
+        phrases_around=CONTENT_WORDS, numbers=True,
     )  # fmt: skip
 
 
@@ -487,10 +552,16 @@ def _record_weight(spec: DemoSpec):
     return weight
 
 
-def _content_tokens(tokenizer: Any, spec: DemoSpec) -> dict[int, float]:
-    """Token ids of the answer words (one token each with the demo tokenizers) -> loss weight."""
+def _content_tokens(tokenizer: Any, spec: DemoSpec, *, copied: bool = False) -> dict[int, float]:
+    """Token ids of the answer words (one token each with the demo tokenizers) -> loss weight.
+
+    ``copied`` (the text LM): also the words and number pieces it copies from the text an image
+    shows (``evals.text_images``) into its reasoning and answers."""
     out = {}
-    for word in (*SHAPES, *COLOURS, "yes", "no"):
+    words: tuple[str, ...] = (*SHAPES, *COLOURS, "yes", "no")
+    if copied:
+        words += (*WORDS, *(str(n) for n in range(100)), *(f"{n:02d}" for n in range(10)))
+    for word in words:
         for form in (word, " " + word, word.capitalize(), " " + word.capitalize()):
             ids = tokenizer(form, add_special_tokens=False)["input_ids"]
             if len(ids) == 1:
@@ -532,7 +603,10 @@ def train_text_model(folder: str, records_path: str, run_dir: str, spec_dict: di
     tokenizer = AutoTokenizer.from_pretrained(folder)  # as the backend loads it
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     records = read_records(Path(records_path))
-    examples = encode_records(records, tokenizer, token_weights=_content_tokens(tokenizer, spec))
+    examples = encode_records(
+        records, tokenizer, token_weights=_content_tokens(tokenizer, spec, copied=True),
+        weight=lambda r: spec.text_image_weight if r["item_id"].startswith("text-") else 1.0,
+    )  # fmt: skip
     cfg = TrainConfig(
         steps=spec.text_steps, batch_size=spec.text_batch, lr=spec.text_lr,
         warmup_steps=spec.warmup_steps, seed=spec.seed, max_seconds=_remaining(spec, started),
@@ -575,7 +649,8 @@ def train_vision_model(folder: str, records_path: str, run_dir: str, spec_dict: 
             continue
         expansion, features = image_expansion_of(processor, load_image(Path(key)).image)
         pixels[key] = features["pixel_values"]
-        fact = facts.get(int(part["image_id"]), ImageFacts())
+        image_id = str(part.get("image_id", ""))
+        fact = facts.get(int(image_id), ImageFacts()) if image_id.isdigit() else ImageFacts()
         labels[key] = (
             SHAPES.index(fact.shape) if fact.shape else -100,
             COLOURS.index(fact.colour) if fact.colour else -100,
@@ -598,11 +673,13 @@ def train_vision_model(folder: str, records_path: str, run_dir: str, spec_dict: 
         feats = captured["f"]
         feats = feats.reshape(len(batch["examples"]), -1, feats.shape[-1]).mean(1)
         target = torch.tensor([labels[e.image] for e in batch["examples"]])
-        ce = torch.nn.functional.cross_entropy
-        return spec.aux_weight * (
-            ce(aux["shape"](feats), target[:, 0], ignore_index=-100)
-            + ce(aux["colour"](feats), target[:, 1], ignore_index=-100)
-        )
+        loss = 0.0
+        for column, head in enumerate(("shape", "colour")):
+            if (target[:, column] >= 0).any():  # a text image has neither (all-ignored: NaN)
+                loss = loss + torch.nn.functional.cross_entropy(
+                    aux[head](feats), target[:, column], ignore_index=-100
+                )
+        return spec.aux_weight * loss
 
     _pretrain_vision(torch, model, aux, pixels, labels, spec, Path(run_dir))
     cfg = TrainConfig(
@@ -775,6 +852,8 @@ class DemoEval:
     stop_reasons: dict[str, int] = field(default_factory=dict)
     by_kind: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
+    #: the questions: "easy-vqa", "easy-vqa, follow-up turn", "text, OCR expert" ...
+    setting: str = "easy-vqa"
 
 
 def _perception_correct(reply: str, sub_question: str, fact: ImageFacts) -> bool | None:
@@ -801,6 +880,23 @@ def _perception_correct(reply: str, sub_question: str, fact: ImageFacts) -> bool
     return ok
 
 
+def _kind(item: EvalItem) -> str:
+    """The question kind accuracy is broken down by."""
+    if "kind" in item.meta:
+        return f"text-{item.meta['kind']}"
+    parsed = parse_question(item.question)
+    if parsed is None:
+        return "other"
+    return f"{parsed.kind}-{parsed.attribute}" + ("-neg" if parsed.negated else "")
+
+
+def follow_up_items(items: list[EvalItem], split: str, seed: int = 0) -> list[EvalItem]:
+    """``items`` asked as a chat's second turn: the earlier turn another question of the split
+    about the same image, answered right (its reference answer)."""
+    rng = random.Random(seed)
+    return _as_follow_ups(items, load_dataset("easy-vqa", split=split), 1.0, rng)
+
+
 async def evaluate_demo(
     opened: ModelSet,
     agent: AgentConfig,
@@ -811,6 +907,8 @@ async def evaluate_demo(
     concurrency: int = 16,
     oracle_vision: bool = False,
     pure: bool = False,
+    follow_up: bool = False,
+    text: int = 0,
 ) -> list[DemoEval]:
     """The demo models on the easy-VQA TEST split through the production backend and Reasoner.
 
@@ -819,52 +917,75 @@ async def evaluate_demo(
     ``oracle_vision``: replace the LVLM by a perfect vision expert (measures the text LM alone).
     ``opened``: the demo profile's models, opened by the caller (``proreason demo-report``).
     ``pure``: also run ``proreason`` in pure mode (the LVLM plays every role).
+    ``follow_up``: also run ``proreason`` on the same questions asked as a chat's second turn.
+    ``text``: also run ``proreason`` on that many test questions about written text
+    (``evals.text_images``) with the OCR expert (the real RapidOCR) and without it, and the
+    ``direct`` baseline on them.
     """
-    from evals.oracle import OracleVisionBackend, template_field
+    from evals.oracle import OracleVisionBackend, reading_statement, template_field
     from evals.runner import evaluate
 
     items = load_dataset("easy-vqa", split="test", limit=limit, seed=seed)
     facts = image_facts("test")
-    sha_facts = {
+    truth: dict[str, Any] = {
         load_image(item.image_paths[0]).sha256: facts.get(int(_image_id(item.image_paths[0])),
                                                           ImageFacts())
         for item in items
     }  # fmt: skip
     prompts = PromptSet.load(agent.prompts_dir)
-    inner = OracleVisionBackend(sha_facts, prompts) if oracle_vision else opened.vision
+    inner = OracleVisionBackend(dict(truth), prompts) if oracle_vision else opened.vision
     vision = RecordingBackend(inner)
     models = ModelSet(vision=vision, text=opened.text)
     decoder = ImageDecoder()
-    reports = []
     reasoner = Reasoner(models, agent)
-    runs = [(m, "assisted") for m in methods]
-    if pure and "proreason" in methods:
-        runs.insert(methods.index("proreason") + 1, ("proreason", "pure"))
-    for method, mode in runs:
+    base = {"max_rounds": agent.max_rounds}
+    runs: list[tuple[str, list[EvalItem], RunOptions]] = []
+    for method in methods:
+        runs.append(("easy-vqa", items, RunOptions(method=method, mode="assisted", **base)))
+        if method == "proreason" and pure:
+            runs.append(("easy-vqa", items, RunOptions(method=method, mode="pure", **base)))
+        if method == "proreason" and follow_up:
+            runs.append(("easy-vqa, follow-up turn", follow_up_items(items, "test", seed),
+                         RunOptions(method=method, mode="assisted", **base)))  # fmt: skip
+    if text:
+        import tempfile
+
+        from evals.text_images import as_items, text_questions
+
+        written = as_items(
+            text_questions("test", text), Path(tempfile.mkdtemp(prefix="proreason-text-"))
+        )
+        truth.update({load_image(i.image_paths[0]).sha256: i.meta["text"] for i in written})
+        runs += [
+            ("text, OCR expert", written, RunOptions(method="proreason", ocr=True, **base)),
+            ("text, no OCR expert", written, RunOptions(method="proreason", ocr=False, **base)),
+            ("text", written, RunOptions(method="direct", **base)),
+        ]
+    reports = []
+    for setting, chosen, options in runs:
         vision.take()
-        options = RunOptions(method=method, mode=mode, max_rounds=agent.max_rounds)
-        report, rows = await evaluate(reasoner, items, options, decoder, concurrency=concurrency)
+        report, rows = await evaluate(reasoner, chosen, options, decoder, concurrency=concurrency)
         checks = []
         for call in vision.take():
             user = call.request.messages[-1].text_content
             sub = template_field(prompts, "vision", "sub_question", user)
             if call.result is None or sub is None:
                 continue
-            fact = sha_facts.get(call.request.images[0].sha256, ImageFacts())
-            checks.append(_perception_correct(call.result.text, sub, fact))
+            known = truth.get(call.request.images[0].sha256, ImageFacts())
+            if isinstance(known, ImageFacts):
+                checks.append(_perception_correct(call.result.text, sub, known))
+            else:  # a text image: did the vision expert read it exactly?
+                checks.append(call.result.text.strip() == reading_statement(known.case.rows))
         checked = [c for c in checks if c is not None]
         kinds: dict[str, list[bool]] = {}
-        for item, row in zip(items, rows, strict=True):
-            parsed = parse_question(item.question)
-            kind = "other" if parsed is None else (
-                f"{parsed.kind}-{parsed.attribute}" + ("-neg" if parsed.negated else "")
-            )  # fmt: skip
-            kinds.setdefault(kind, []).append(row.verdict == "correct")
+        for item, row in zip(chosen, rows, strict=True):
+            kinds.setdefault(_kind(item), []).append(row.verdict == "correct")
         n = report.n
         reports.append(
             DemoEval(
-                method=method,
-                mode=mode,
+                method=report.method,
+                mode=report.mode,
+                setting=setting,
                 n=n,
                 accuracy=report.accuracy,
                 solved_rate=report.stop_reasons.get("solved", 0) / n if n else 0.0,

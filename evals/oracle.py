@@ -171,7 +171,7 @@ def image_facts(split: str) -> dict[int, ImageFacts]:
 # ------------------------------------------------------------------------- role recognition
 
 #: prompt names the oracle answers, by the kind of reply
-_TEXT_ROLES = ("dispatcher", "insight", "referee", "summarizer")
+_TEXT_ROLES = ("dispatcher", "dispatcher_ocr", "insight", "referee", "summarizer")
 _ANSWER_ROLES = ("direct", "cot", "fallback", "no_image")
 
 
@@ -252,14 +252,34 @@ def _json(obj: dict[str, object]) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
-class OracleBackend(ModelBackend):
+class _RoleOracle(ModelBackend):
+    """A teacher that answers each request by the prompt it was rendered from: ``_<role>(user
+    turn)`` (the fallback answers like ``_direct``). ``ValueError`` for a role it does not play or
+    a request it cannot recognise (a prompt set the oracle cannot read)."""
+
+    backend = "oracle"
+    prompts: PromptSet
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        role = role_of_request(request, self.prompts)
+        user = next((m.text_content for m in request.messages if m.role == "user"), "")
+        handler = getattr(self, "_direct" if role == "fallback" else f"_{role}", None)
+        if handler is None:
+            raise ValueError(f"{type(self).__name__} does not play {role!r}")
+        text = handler(user)
+        return GenerationResult(
+            text=text, usage=Usage(len(user) // 4, len(text) // 4), model=self.model
+        )
+
+    def _no_image(self, user: str) -> str:
+        return "I cannot tell without the image."
+
+
+class OracleBackend(_RoleOracle):
     """Answers every ProReason role for ONE easy-VQA item, correctly (the demo teacher).
 
     ``question`` is the item's question; ``facts`` what the annotations say about its image.
-    Raises ``ValueError`` for a request it cannot recognise (a prompt set the oracle cannot read).
     """
-
-    backend = "oracle"
 
     def __init__(self, question: str, facts: ImageFacts, prompts: PromptSet) -> None:
         super().__init__("easy-vqa-oracle", context_length=None)
@@ -267,14 +287,6 @@ class OracleBackend(ModelBackend):
         self.parsed = parse_question(question)
         self.facts = facts
         self.prompts = prompts
-
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        role = role_of_request(request, self.prompts)
-        user = next((m.text_content for m in request.messages if m.role == "user"), "")
-        text = getattr(self, f"_{role}")(user) if role != "fallback" else self._direct(user)
-        return GenerationResult(
-            text=text, usage=Usage(len(user) // 4, len(text) // 4), model=self.model
-        )
 
     # -- helpers
 
@@ -307,6 +319,9 @@ class OracleBackend(ModelBackend):
         return thought, answer, f"there is {found}"
 
     # -- the text roles
+
+    def _dispatcher_ocr(self, user: str) -> str:
+        return self._dispatcher(user)  # a shape question needs no text: the vision expert looks
 
     def _dispatcher(self, user: str) -> str:
         parsed = self._need()
@@ -406,9 +421,6 @@ class OracleBackend(ModelBackend):
         thought, answer, _ = self._inference(parsed, known)
         return f"{thought}\nAnswer: {answer}"
 
-    def _no_image(self, user: str) -> str:
-        return "I cannot tell without the image."
-
 
 class OracleVisionBackend(ModelBackend):
     """A perfect vision expert for any easy-VQA image it has facts for (looked up by image hash).
@@ -429,3 +441,139 @@ class OracleVisionBackend(ModelBackend):
         question = user if role_of_request(request, self.prompts) != "vision" else ""
         oracle = OracleBackend(question, facts or ImageFacts(), self.prompts)
         return await oracle.generate(request)
+
+
+# ------------------------------------------------------------------ questions about written text
+
+#: what the oracle dispatcher asks the vision expert when it has no OCR expert
+READ_QUESTION = "What text is written in the image?"
+#: a cell of an OCR note's row: "[l,t,r,b] text", cells joined by " | " (agents.run.format_ocr)
+_OCR_CELL = re.compile(r"\[\d+,\d+,\d+,\d+\] (.*?)(?= \| \[\d+,\d+,\d+,\d+\] |$)")
+_OCR_ROW = re.compile(r"^\[\d+,\d+,\d+,\d+\] ")
+#: the vision expert's reading: "The text reads, row by row: Tea | 3.40; Cake | 4.50."
+_READING = "The text reads, row by row: "
+_TEXT_CONCLUSION = re.compile(r'so the answer is "([^"]+)"')
+
+
+def reading_statement(rows: Iterable[Iterable[str]]) -> str:
+    """How the vision expert states the text it reads (rows "; ", cells " | ")."""
+    return _READING + "; ".join(" | ".join(row) for row in rows) + "."
+
+
+def rows_in_notes(text: str) -> list[tuple[str, ...]]:
+    """The rows of text the notes in a prompt give: the OCR expert's rows, else the vision
+    expert's reading (the oracle's phrasing); [] when the notes have none."""
+    rows = [
+        tuple(c.strip() for c in _OCR_CELL.findall(line))
+        for line in text.splitlines()
+        if _OCR_ROW.match(line)
+    ]
+    if rows:
+        return rows
+    for line in text.splitlines():
+        at = line.find(_READING)
+        if at >= 0:
+            body = line[at + len(_READING) :].strip()
+            body = body[:-1] if body.endswith(".") else body
+            return [tuple(c.strip() for c in row.split(" | ")) for row in body.split("; ")]
+    return []
+
+
+class TextOracleBackend(_RoleOracle):
+    """Plays every role for ONE question about written text (``evals.text_images``), correctly.
+
+    With the OCR expert offered, the dispatcher asks it to read; without, it asks the vision
+    expert to read ("What text is written in the image?"), which answers from the annotations.
+    The referee finds the answer's cell in the rows the notes give, thought first, and the
+    summarizer copies it.
+    """
+
+    def __init__(self, text_question: object, prompts: PromptSet) -> None:
+        super().__init__("text-oracle", context_length=None)
+        self.q = text_question  # an evals.text_images.TextQuestion
+        self.prompts = prompts
+
+    def _dispatcher_ocr(self, user: str) -> str:
+        if rows_in_notes(user):
+            return self._insight_decision()
+        return _json(
+            {
+                "thought": "The answer is written in the image, so the OCR expert must read it.",
+                "expert": "ocr",
+                "question": "Read the text in the image.",
+            }
+        )
+
+    def _dispatcher(self, user: str) -> str:
+        if rows_in_notes(user):
+            return self._insight_decision()
+        return _json(
+            {
+                "thought": "The answer is written in the image, so the vision expert must read "
+                "it.",
+                "expert": "vision",
+                "question": READ_QUESTION,
+            }
+        )
+
+    def _insight_decision(self) -> str:
+        return _json(
+            {
+                "thought": "The notes give the text, so the insight expert can find the answer.",
+                "expert": "insight",
+                "question": f"From the notes, answer: {self.q.question}",
+            }
+        )
+
+    def _reasoning(self, rows: list[tuple[str, ...]]) -> str | None:
+        """From the question and the rows read to the answer's cell (None: not in the rows)."""
+        q = self.q
+        if q.kind in ("word", "number"):
+            if not rows or not rows[0]:
+                return None
+            text = rows[0][0]
+            return (
+                f'The question asks for the text in the image. The text reads "{text}", so the '
+                f'answer is "{text}".'
+            )
+        row = next((r for r in rows if r and r[0] == q.key), None)
+        if row is None:
+            return None
+        if q.kind == "price":
+            if len(row) < 2:
+                return None
+            return (
+                f'The question asks for the price of {q.key}. The row of {q.key} reads '
+                f'"{" | ".join(row)}", so the answer is "{row[1]}".'
+            )
+        header = rows[0]
+        if q.column not in header or header.index(q.column) >= len(row):
+            return None
+        k = header.index(q.column)
+        return (
+            f'The question asks for the {q.column} of {q.key}. The header reads '
+            f'"{" | ".join(header)}" and the row of {q.key} reads "{" | ".join(row)}"; '
+            f'{q.column} is column {k + 1}, so the answer is "{row[k]}".'
+        )
+
+    def _referee(self, user: str) -> str:
+        reasoning = self._reasoning(rows_in_notes(user))
+        if reasoning is None:
+            return _json({"reasoning": "The notes do not give the text yet.", "solvable": False})
+        return _json({"reasoning": reasoning, "solvable": True})
+
+    def _insight(self, user: str) -> str:
+        reasoning = self._reasoning(rows_in_notes(user))
+        if reasoning is None:
+            return "The notes do not say enough.\nFinal answer: unknown"
+        return f"{reasoning}\nFinal answer: {_TEXT_CONCLUSION.findall(reasoning)[-1]}"
+
+    def _summarizer(self, user: str) -> str:
+        found = _TEXT_CONCLUSION.findall(user)
+        return found[-1] if found else "unknown"
+
+    def _vision(self, user: str) -> str:
+        return reading_statement(self.q.case.rows)
+
+    def _direct(self, user: str) -> str:
+        return self.q.answer

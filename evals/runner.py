@@ -143,8 +143,9 @@ async def _question(item: EvalItem, decoder: ImageDecoder) -> Question:
         images.append(await decoder.decode(data, source=f"{item.id} image {n}"))
     q = _question_text(item)
     return Question(
-        text=q.text, images=tuple(images), answer_format=q.answer_format, options=q.options
-    )
+        text=q.text, images=tuple(images), history=item.history(images),
+        answer_format=q.answer_format, options=q.options,
+    )  # fmt: skip
 
 
 class InProcess:

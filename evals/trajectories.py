@@ -219,6 +219,7 @@ async def record_runs(
             question = Question(
                 text=item.question,
                 images=tuple(images),
+                history=item.history(images),
                 answer_format="multiple_choice" if item.options else "open",
                 options=item.options,
             )

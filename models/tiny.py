@@ -153,22 +153,28 @@ def train_bpe_tokenizer(
     model_max_length: int,
     min_frequency: int | None = None,
     phrases_around: Sequence[str] | None = None,
+    numbers: bool = False,
 ) -> Any:
     """A byte-level BPE tokenizer (``PreTrainedTokenizerFast``) trained on ``texts``, with the chat
     special tokens, the ChatML template and left padding (also used by ``evals.demo``).
 
     ``phrases_around``: words kept as pieces of their own; everything between them is NOT split
     at spaces, so merges may span words and text that recurs (a prompt's instructions) becomes a
-    few tokens, while the listed words (the values a model copies) stay single tokens."""
+    few tokens, while the listed words (the values a model copies) stay single tokens.
+    ``numbers`` (with ``phrases_around``): numbers are split into pieces of two digits ("2022" ->
+    "20", "22"), each a token of its own: a number is the same tokens wherever it is copied from
+    or to, and every number is made of 110 tokens the model sees all the time (an unseen number
+    is not an unseen token)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     if phrases_around:
         words = "|".join(sorted(map(re.escape, phrases_around), key=len, reverse=True))
+        pieces = rf"\b(?:{words})\b" + (r"|\d{1,2}" if numbers else "")
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(rf"\b(?:{words})\b"), behavior="isolated"),
+                pre_tokenizers.Split(Regex(pieces), behavior="isolated"),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )

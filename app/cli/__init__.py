@@ -59,6 +59,11 @@ def _with_run_options(p: argparse.ArgumentParser) -> None:
         help="parallel perception: the dispatcher may ask several visual "
         "sub-questions in one round (opt-in)",
     )
+    p.add_argument(
+        "--ocr",
+        action="store_true",
+        help="offer the dispatcher the OCR expert (the 'ocr' extra; default: agent.ocr)",
+    )
 
 
 def _with_eval_options(p: argparse.ArgumentParser) -> None:
@@ -332,6 +337,14 @@ def _add_demo_commands(sub: argparse._SubParsersAction) -> None:
         "--method", action="append", choices=METHODS, help="repeat; default: proreason, direct, cot"
     )
     r.add_argument("--pure", action="store_true", help="also run proreason in pure mode (one LVLM)")
+    r.add_argument(
+        "--follow-up", action="store_true",
+        help="also ask the questions as a chat's second turn (an earlier question as history)",
+    )  # fmt: skip
+    r.add_argument(
+        "--text", type=int, default=0, metavar="N",
+        help="also N questions about written text, with and without the OCR expert",
+    )  # fmt: skip
     r.add_argument("--out", metavar="FILE", help="also write the figures as JSON")
     r.set_defaults(func=lambda args: asyncio.run(demo_report(args)), profile="demo")
 

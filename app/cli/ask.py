@@ -124,6 +124,7 @@ async def _ask_in_process(args: argparse.Namespace) -> int:
         mode=args.mode,
         max_rounds=args.max_rounds,
         parallel_perception=args.parallel or None,
+        ocr=args.ocr or None,
         max_tokens=args.max_tokens,
         temperature=args.temperature,
     )
@@ -192,6 +193,7 @@ def _service_body(args: argparse.Namespace) -> dict[str, Any]:
         ("mode", args.mode),
         ("max_rounds", args.max_rounds),
         ("parallel_perception", True if args.parallel else None),
+        ("ocr", True if args.ocr else None),
         ("max_tokens", args.max_tokens),
         ("temperature", args.temperature),
         ("video_frames", args.video_frames),

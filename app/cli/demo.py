@@ -33,7 +33,8 @@ async def trajectories(args: argparse.Namespace) -> int:
             items,
             lambda item: RunSpec(models.vision, models.text),
             lambda model_set: Reasoner(model_set, settings.agent),
-            RunOptions(method=args.method, mode=args.mode, max_rounds=args.max_rounds),
+            RunOptions(method=args.method, mode=args.mode, max_rounds=args.max_rounds,
+                       parallel_perception=args.parallel or None, ocr=args.ocr or None),
             lambda path: decoder.decode_sync(Path(path).read_bytes()),
             concurrency=args.concurrency,
         )
@@ -92,7 +93,8 @@ def build_demo(args: argparse.Namespace) -> int:
 
 
 async def demo_report(args: argparse.Namespace) -> int:
-    """The demo models on easy-VQA test: accuracy, solved rate, parse failures, perception."""
+    """The demo models on easy-VQA test (and, asked for, as follow-up turns and on questions
+    about written text): accuracy, solved rate, parse failures, perception."""
     from app.backends import close_models
     from evals.demo import evaluate_demo
 
@@ -102,6 +104,7 @@ async def demo_report(args: argparse.Namespace) -> int:
         reports = await evaluate_demo(
             models, settings.agent, limit=args.limit or None, seed=args.seed,
             methods=tuple(args.method or ("proreason", "direct", "cot")), pure=args.pure,
+            follow_up=args.follow_up, text=args.text,
         )  # fmt: skip
     finally:
         await close_models(models)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -200,6 +201,21 @@ def demo_build(tmp_path_factory: pytest.TempPathFactory) -> dict:
             items, models_for, _reasoner, RunOptions(max_rounds=4), _load, image_id=lambda p: p.stem
         )
     )
+    # questions about written text, the vision expert reading (no OCR): images without a shape
+    from evals.oracle import TextOracleBackend
+    from evals.text_images import as_items, text_questions
+
+    written = as_items(text_questions("train", 8), root / "text-images")
+
+    def reader_for(item: EvalItem) -> RunSpec:
+        oracle = TextOracleBackend(item.meta["text"], PROMPTS)
+        return RunSpec(vision=oracle, text=oracle)
+
+    options = RunOptions(max_rounds=4)
+    reading, _ = asyncio.run(
+        record_runs(written, reader_for, _reasoner, options, _load, image_id=lambda p: p.stem)
+    )
+    records += reading
     text = [r for r in records if r["role"] != "vision"]
     # the LVLM also learns text-role calls (pure mode): records without an image
     vision = [r for r in records if r["role"] == "vision"] + text[:3]
@@ -228,6 +244,10 @@ def test_short_training_writes_curves_and_checkpoints(demo_build: dict) -> None:
     root = demo_build["root"]
     for kind in ("text", "vision"):
         assert demo_build["summaries"][kind]["steps"] == 3
+        # a batch of text images only has no shape/colour label: the auxiliary loss must skip
+        # it (cross-entropy over targets that are all ignored is NaN)
+        losses = json.loads((root / "runs" / kind / "losses.json").read_text())["losses"]
+        assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
         assert (root / "runs" / kind / "loss.png").stat().st_size > 0
         assert (root / "runs" / kind / "checkpoint.pt").is_file()
         assert len(json.loads((root / "runs" / kind / "losses.json").read_text())["losses"]) == 3
@@ -337,6 +357,15 @@ def test_the_phrase_tokenizer_keeps_content_words_whole_and_survives_loading(tmp
     assert "no" in CONTENT_WORDS and tok.convert_ids_to_tokens(tok("cannot")["input_ids"]) != [
         "can", "no", "t"
     ]  # fmt: skip
+    # numbers: pieces of two digits, the same wherever they stand (copied from a note to a reply)
+    note, reply = "[267,108,353,138] 7069 | [505,108,591,138] Tea", 'so the answer is "7069".'
+    texts += [f"user\n{note}", f"assistant\n{reply}", "7069 Tea", "answer is 12.50"]
+    tok = train_tokenizer(texts, max_vocab=2048)
+    for text in (note, reply):
+        pieces = [tok.decode([i]) for i in tok(text, add_special_tokens=False)["input_ids"]]
+        assert pieces[pieces.index("70") : pieces.index("70") + 2] == ["70", "69"], pieces
+    note_pieces = [tok.decode([i]) for i in tok(note, add_special_tokens=False)["input_ids"]]
+    assert note_pieces[-1] == "Tea"  # a word the text images show: one token (CONTENT_WORDS)
     torch.manual_seed(0)
     for kind, model_class, survives in (
         ("llama", LlamaForCausalLM, True), ("qwen2", Qwen2ForCausalLM, False),

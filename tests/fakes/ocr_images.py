@@ -1,7 +1,7 @@
 """Images with rendered text for the OCR expert's tests and its accuracy figure.
 
-Drawn with PIL's bundled font (``ImageFont.load_default(size=...)``, no system fonts needed), so
-they are the same on every machine. Each case knows the text it shows, row by row in reading
+Drawn by ``evals.text_images.draw`` (PIL's bundled font, no system fonts needed), so they are
+the same on every machine. Each case knows the text it shows, row by row in reading
 order (cells of a row left to right).
 
     python -m tests.fakes.ocr_images     # the exact-match rate of RapidOCR on every case
@@ -10,52 +10,8 @@ order (cells of a row left to right).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
-from PIL import Image, ImageDraw, ImageFont
-
-
-@dataclass(frozen=True)
-class TextCase:
-    name: str
-    image: Image.Image
-    #: the rows of text, top to bottom; each row's cells left to right
-    rows: tuple[tuple[str, ...], ...]
-
-    @property
-    def cells(self) -> tuple[str, ...]:
-        return tuple(cell for row in self.rows for cell in row)
-
-
-def draw(
-    rows: list[list[str]],
-    *,
-    size: int = 28,
-    col_width: int = 170,
-    row_height: int = 56,
-    margin: int = 24,
-    grid: bool = False,
-    name: str = "",
-) -> TextCase:
-    """Black text on white: ``rows`` of cells, each cell in its own column."""
-    font = ImageFont.load_default(size=size)
-    cols = max(len(r) for r in rows)
-    width = 2 * margin + cols * col_width
-    height = 2 * margin + len(rows) * row_height
-    image = Image.new("RGB", (width, height), "white")
-    pen = ImageDraw.Draw(image)
-    for r, row in enumerate(rows):
-        for c, cell in enumerate(row):
-            pen.text((margin + c * col_width + 8, margin + r * row_height + 10), cell, font=font,
-                     fill="black")  # fmt: skip
-    if grid:
-        for r in range(len(rows) + 1):
-            y = margin + r * row_height
-            pen.line([(margin, y), (width - margin, y)], fill="gray", width=1)
-        for c in range(cols + 1):
-            x = margin + c * col_width
-            pen.line([(x, margin), (x, height - margin)], fill="gray", width=1)
-    return TextCase(name, image, tuple(tuple(r) for r in rows))
+from evals.text_images import TextCase, draw
 
 
 def words() -> TextCase:
