@@ -84,3 +84,30 @@ def test_a_new_user_watches_the_demo_models_solve(visit, demo_server, artifacts:
     assert "stop reason: solved" in final.inner_text()
     page.screenshot(path=str(artifacts / "playground-demo.png"), full_page=True)
     assert v.off_loopback() == [] and v.console_errors == []
+
+
+def test_the_demo_models_read_a_sign_with_the_ocr_expert(
+    visit, demo_server, tmp_path: Path, artifacts: Path
+) -> None:
+    """The OCR toggle on, a rendered sign (a test image the models never saw): the trace shows
+    the OCR expert's read with its position, and the answer is the sign's text. (Signs are
+    what the demo text LM answers reliably with the OCR expert, docs/accuracy.md.)"""
+    pytest.importorskip("rapidocr")
+    from evals.text_images import text_questions
+
+    q = next(q for q in text_questions("test", 8) if q.kind == "word")
+    image = tmp_path / "sign.png"
+    image.write_bytes(q.case.png())
+    v = visit()
+    page = open_playground(v, demo_server)
+    page.get_by_label("OCR expert").check()
+    ask(page, q.question, image)
+    page.wait_for_selector(".run[data-state=done]", timeout=TIMEOUT_MS * 8)
+    assert roles(page) == ["dispatcher", "ocr", "referee", "summarizer"]
+    read = page.locator(".step[data-role=ocr]").inner_text()
+    assert q.answer in read and "px" in read
+    final = page.locator(".run .final")
+    assert final.locator(".answer-text").inner_text().strip() == q.answer
+    assert "stop reason: solved" in final.inner_text()
+    page.screenshot(path=str(artifacts / "playground-demo-ocr.png"), full_page=True)
+    assert v.off_loopback() == [] and v.console_errors == []

@@ -226,7 +226,8 @@ def test_demo_models_solve(service: Service) -> None:
         assert roles[:2] == ["dispatcher", "vision"] and "referee" in roles, roles
         assert roles[-1] == "summarizer", roles
         right += result["answer"].strip().lower() == answer
-    assert right >= len(items) - 1, right  # ~98% on the test split (docs/accuracy.md)
+    # docs/accuracy.md: ~100% assisted; pure mode ~80% (its referee misses yes/no comparisons)
+    assert right >= len(items) - (1 if service.shape == "vllm" else 2), right
     question, answer, image = items[0]
     url = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
     chat = service.oai.chat.completions.create(
@@ -237,3 +238,78 @@ def test_demo_models_solve(service: Service) -> None:
         ]}],
     )  # fmt: skip
     assert chat.choices[0].message.content.strip().lower() == answer
+
+
+def _png_url(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def test_demo_models_read_text_with_the_ocr_expert(service: Service) -> None:
+    """A question whose answer is written in the image: with ``ocr`` the dispatcher asks the OCR
+    expert (the real RapidOCR), the referee finds the cell, the summarizer copies it. Without
+    it the dispatcher asks the vision expert to read (the demo LVLM reads 64x64 pixels).
+
+    Signs and numbers are answered (100% and 86% on 100 test questions, docs/accuracy.md); a
+    price list or a table is read right by the OCR expert but the demo text LM mostly fails to
+    look the cell up (28% / 6%), so for those only the read and the trace are checked."""
+    if service.models.random:
+        pytest.skip("random-weight tiny models cannot solve a question (the demo set can)")
+    if service.shape == "pure":
+        pytest.skip("the demo LVLM was not trained to play the text roles with the OCR expert")
+    pytest.importorskip("rapidocr")
+    from evals.text_images import text_questions
+
+    questions = text_questions("test", 12)  # the kinds in turn: word, number, price, table
+    right = answerable = 0
+    for q in questions[:8]:
+        r = service.reason(question=q.question, images=[_png_url(q.case.png())], trace=True,
+                           ocr=True)  # fmt: skip
+        assert r.status_code == 200, r.text
+        result = r.json()
+        assert result["stop_reason"] == "solved", result["trace"]
+        roles = [s["role"] for s in result["trace"]]
+        assert roles == ["dispatcher", "ocr", "referee", "summarizer"], roles
+        read = result["trace"][1]["output"]
+        assert all(cell in read for cell in q.case.cells), read  # RapidOCR read every cell
+        if q.kind in ("word", "number"):
+            answerable += 1
+            right += result["answer"].strip() == q.answer
+    assert right >= answerable - 1, right
+    r = service.reason(question=questions[2].question, trace=True, ocr=False,
+                       images=[_png_url(questions[2].case.png())])  # fmt: skip
+    assert r.status_code == 200, r.text
+    roles = [s["role"] for s in r.json()["trace"]]
+    assert roles[:2] == ["dispatcher", "vision"] and "ocr" not in roles, roles
+
+
+def test_demo_models_answer_a_follow_up_turn(service: Service) -> None:
+    """A chat UI's second message: the earlier turn (image, question, the service's answer) in
+    the history, a new question about the same image, through the official client."""
+    if service.models.random:
+        pytest.skip("random-weight tiny models cannot solve a question (the demo set can)")
+    if service.shape == "pure":
+        pytest.skip("the demo LVLM was not trained on follow-up turns for the text roles")
+    easy_vqa = pytest.importorskip("easy_vqa")
+    questions, answers, image_ids = easy_vqa.get_test_questions()
+    paths = easy_vqa.get_test_image_paths()
+    by_image: dict[int, list[int]] = {}
+    for i, image_id in enumerate(image_ids[:400]):
+        by_image.setdefault(image_id, []).append(i)
+    pairs = [ids[:2] for ids in by_image.values() if len(ids) >= 2][:4]
+    right = 0
+    for first, second in pairs:
+        url = _png_url(Path(paths[image_ids[first]]).read_bytes())
+        turn1 = service.oai.chat.completions.create(
+            model="proreason", messages=[image_turn(questions[first], url)]
+        )
+        answer1 = turn1.choices[0].message.content
+        turn2 = service.oai.chat.completions.create(
+            model="proreason",
+            messages=[
+                image_turn(questions[first], url),
+                {"role": "assistant", "content": answer1},
+                {"role": "user", "content": questions[second]},
+            ],
+        )
+        right += turn2.choices[0].message.content.strip().lower() == answers[second]
+    assert right >= len(pairs) - 1, right

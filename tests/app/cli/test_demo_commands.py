@@ -75,3 +75,27 @@ def test_distill_fine_tunes_a_text_model_on_the_records(
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out)  # loads like any model
+
+
+def test_ask_ocr_reads_a_sign_with_the_committed_demo_models(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """``proreason ask --ocr`` in-process on the demo profile (the committed weights, the real
+    RapidOCR): the trace shows the OCR expert's read and the answer is the sign's text;
+    without ``--ocr`` the dispatcher has no OCR expert to ask."""
+    pytest.importorskip("rapidocr")
+    from evals.text_images import text_questions
+
+    demo = ROOT / "tests" / "data" / "demo-models"
+    monkeypatch.setenv("PROREASON_MODELS__VISION__MODEL", str(demo / "vision"))
+    monkeypatch.setenv("PROREASON_MODELS__TEXT__MODEL", str(demo / "text"))
+    q = next(q for q in text_questions("test", 12) if q.kind == "word")
+    image = tmp_path / "sign.png"
+    image.write_bytes(q.case.png())
+    assert main(["ask", "--profile", "demo", "--ocr", "-i", str(image), q.question]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == q.answer, err
+    assert "ocr" in err and "[solved]" in err
+    assert main(["ask", "--profile", "demo", "-i", str(image), q.question]) == 0
+    out, err = capsys.readouterr()
+    assert "ocr" not in err.split("\n", 1)[1] and "-> vision:" in err
