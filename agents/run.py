@@ -290,10 +290,8 @@ class RunContext:
     def json_schema(self, backend: ModelBackend, schema: dict[str, Any]) -> dict[str, Any] | None:
         """``schema`` when it may be sent: the backend supports it, the profile wants structured
         decisions and the prompt set asks for JSON (the reference set's protocol is text)."""
-        if (
-            self.config.structured_decisions
-            and self.prompts.structured
-            and (backend.supports_json_schema)
+        if self.config.structured_decisions and self.prompts.structured and (
+            backend.supports_json_schema
         ):
             return schema
         return None

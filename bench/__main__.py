@@ -115,16 +115,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bench") -> in
         from bench.scaling import main as scaling_main
 
         return scaling_main(args.source, args.out or ROOT / "docs")
-    if args.name == "prefix_layout":
-        from bench.prefix_layout import run as prefix_layout
-
-        default = Path(tempfile.mkdtemp(prefix="proreason-bench-")) if args.quick else ROOT / "docs"
-        try:
-            prefix_layout(args.out or default, before_dir=args.before, quick=args.quick)
-        except ProcessError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        return 0
     out = args.out
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="proreason-bench-")) if args.quick else ROOT / "docs"
@@ -140,7 +130,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bench") -> in
     )
     names = list(ALL_ORDER) if args.name == "all" else [args.name]
     try:
-        run(names, ctx)
+        if args.name == "prefix_layout":
+            from bench.prefix_layout import run as prefix_layout
+
+            prefix_layout(out, before_dir=args.before, quick=args.quick)
+        else:
+            run(names, ctx)
     except ProcessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

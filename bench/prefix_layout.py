@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from bench import report
-from bench.loadgen import Questions
+from bench.loadgen import Questions, Sample, ask
 from bench.procs import ROOT, Proc, running, service_proc, sim_proc
 from bench.sim_core import TERMINAL_ROLES
 
@@ -119,18 +119,17 @@ def before_prompts(
 # --------------------------------------------------------------------------- the run
 
 
-async def _ask_all(url: str, bodies: list[dict[str, Any]], concurrency: int) -> list[int]:
-    """POST every body to /v1/reason, ``concurrency`` at a time; their status codes."""
+async def _ask_all(url: str, bodies: list[dict[str, Any]], concurrency: int) -> list[Sample]:
+    """POST every body to /v1/reason, ``concurrency`` at a time (``loadgen.ask``)."""
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
 
-        async def ask(body: dict[str, Any]) -> int:
+        async def one(body: dict[str, Any]) -> Sample:
             async with gate:
-                r = await client.post(url + "/v1/reason", json=body)
-                return r.status_code
+                return await ask(client, url + "/v1/reason", body)
 
-        return list(await asyncio.gather(*(ask(b) for b in bodies)))
+        return list(await asyncio.gather(*(one(b) for b in bodies)))
 
 
 def _measure(sim: Proc, service: Proc, label: str, start: int, per_scenario: int) -> dict:
@@ -143,11 +142,13 @@ def _measure(sim: Proc, service: Proc, label: str, start: int, per_scenario: int
         for k, scenario in enumerate(SCENARIOS)
         for i in range(per_scenario)
     ]
-    statuses = asyncio.run(_ask_all(service.url, bodies, CONCURRENCY))
+    samples = asyncio.run(_ask_all(service.url, bodies, CONCURRENCY))
     stats = httpx.get(sim.url + "/sim/stats?calls=1").json()
-    failed = sum(1 for s in statuses if s != 200)
+    failed = [s for s in samples if s.status != 200]
     if failed:
-        raise RuntimeError(f"{label}: {failed} of {len(statuses)} questions failed")
+        raise RuntimeError(
+            f"{label}: {len(failed)} of {len(samples)} questions failed ({failed[0].error})"
+        )
     by_scenario = {}
     for scenario in SCENARIOS:
         mine = [c for c in stats["call_log"] if f"-{scenario}-" in (c.get("qid") or "")]

@@ -948,14 +948,8 @@ async def evaluate_demo(
             runs.append(("easy-vqa, follow-up turn", follow_up_items(items, "test", seed),
                          RunOptions(method=method, mode="assisted", **base)))  # fmt: skip
     if text:
-        import tempfile
-
-        from evals.text_images import as_items, text_questions
-
-        written = as_items(
-            text_questions("test", text), Path(tempfile.mkdtemp(prefix="proreason-text-"))
-        )
-        truth.update({load_image(i.image_paths[0]).sha256: i.meta["text"] for i in written})
+        written = as_items(text_questions("test", text))  # the images inline: nothing on disk
+        truth.update({decoder.decode_sync(i.image_data[0]).sha256: i.meta["text"] for i in written})
         runs += [
             ("text, OCR expert", written, RunOptions(method="proreason", ocr=True, **base)),
             ("text, no OCR expert", written, RunOptions(method="proreason", ocr=False, **base)),

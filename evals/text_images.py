@@ -181,16 +181,21 @@ def text_questions(split: str, n: int, *, kinds: Iterable[Kind] = KINDS) -> list
     ]
 
 
-def as_items(questions: Sequence[TextQuestion], image_dir: Path) -> list[EvalItem]:
-    """EvalItems with the images written to ``image_dir`` (``meta``: kind, the question)."""
-    image_dir = Path(image_dir)
-    image_dir.mkdir(parents=True, exist_ok=True)
+def as_items(questions: Sequence[TextQuestion], image_dir: Path | None = None) -> list[EvalItem]:
+    """EvalItems (``meta``: kind, the question) with the images written to ``image_dir`` (what
+    training records refer to), or carried inline as PNG bytes (``image_data``) without one."""
+    if image_dir is not None:
+        Path(image_dir).mkdir(parents=True, exist_ok=True)
     items = []
     for q in questions:
-        path = image_dir / f"{q.id}.png"
+        meta = {"kind": q.kind, "text": q}
+        if image_dir is None:
+            items.append(EvalItem(q.id, q.question, (), q.answer, image_data=(q.case.png(),),
+                                  answer_type="open", meta=meta))  # fmt: skip
+            continue
+        path = Path(image_dir) / f"{q.id}.png"
         if not path.exists():
             path.write_bytes(q.case.png())
-        meta = {"kind": q.kind, "text": q}
         items.append(EvalItem(q.id, q.question, (path,), q.answer, answer_type="open", meta=meta))
     return items
 

@@ -29,6 +29,8 @@ from models.types import GenerationRequest, GenerationResult, ImageInput
 from tests.fakes.roles import DEFAULT_SCRIPT, role_of
 
 PROMPTS = PromptSet.load()
+#: the committed demo models (docs/accuracy.md's figures were measured on them)
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo-models"
 CONFIG = AgentConfig(max_rounds=4, max_tokens=64, structured_decisions=False)
 
 
@@ -397,3 +399,39 @@ def test_batches_never_mix_records_with_and_without_an_image() -> None:
         kinds.add(batch[0].image is None)
         seen.update(id(e) for e in batch)
     assert kinds == {True, False} and len(seen) == 200  # both kinds, every record drawn
+
+
+async def test_demo_report_measures_follow_ups_and_text_questions_with_and_without_ocr() -> None:
+    """The code behind docs/accuracy.md's figures, on the committed demo models: each setting is
+    a row of its own, follow-up items carry an earlier turn, the text rows read the images with
+    the real RapidOCR (on) or through the vision expert (off), whose readings are checked."""
+    pytest.importorskip("rapidocr")
+    from app.backends import close_models, open_models
+    from app.settings import load_settings
+    from evals.demo import evaluate_demo
+
+    settings = load_settings(
+        "demo",
+        models={"vision": {"model": str(DEMO / "vision")}, "text": {"model": str(DEMO / "text")}},
+    )
+    models = await open_models(settings.models)
+    try:
+        rows = await evaluate_demo(
+            models, settings.agent, limit=4, methods=("proreason",), follow_up=True, text=4
+        )
+    finally:
+        await close_models(models)
+    assert [(r.setting, r.method) for r in rows] == [
+        ("easy-vqa", "proreason"), ("easy-vqa, follow-up turn", "proreason"),
+        ("text, OCR expert", "proreason"), ("text, no OCR expert", "proreason"),
+        ("text", "direct"),
+    ]  # fmt: skip
+    assert [r.n for r in rows] == [4, 4, 4, 4, 4]
+    easy, follow, ocr, no_ocr, _ = rows
+    assert easy.accuracy == follow.accuracy == 1.0 and follow.tokens_per_question > (
+        easy.tokens_per_question
+    )  # the same questions, with the earlier turn in the text roles' prompts
+    assert set(ocr.by_kind) == {"text-word", "text-number", "text-price", "text-table"}
+    assert ocr.solved_rate == 1.0 and ocr.by_kind["text-word"] == 1.0
+    assert ocr.perception_calls == 0  # the OCR expert read; the vision expert was not asked
+    assert no_ocr.perception_calls >= 4 and no_ocr.perception_accuracy is not None

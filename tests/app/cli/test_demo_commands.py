@@ -95,7 +95,11 @@ def test_ask_ocr_reads_a_sign_with_the_committed_demo_models(
     assert main(["ask", "--profile", "demo", "--ocr", "-i", str(image), q.question]) == 0
     out, err = capsys.readouterr()
     assert out.strip() == q.answer, err
-    assert "ocr" in err and "[solved]" in err
+    trace = err.splitlines()[1:]
+    assert [line.split()[1] for line in trace[:4]] == ["dispatcher", "ocr", "referee", "summarizer"]
+    assert "-> ocr:" in trace[0] and q.answer in trace[1] and trace[-1].startswith("[solved]")
     assert main(["ask", "--profile", "demo", "-i", str(image), q.question]) == 0
-    out, err = capsys.readouterr()
-    assert "ocr" not in err.split("\n", 1)[1] and "-> vision:" in err
+    _, err = capsys.readouterr()
+    trace = err.splitlines()[1:]
+    assert "-> vision: What text is written in the image?" in trace[0]
+    assert not any(line.split()[1] == "ocr" for line in trace if line.startswith("[r"))
